@@ -1,0 +1,58 @@
+"""What every gradient-based meta-learner shares: the model, its loss, and how tasks are mapped."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..functional import Params, choose_vectorised, forward, map_tasks, params_of
+from ..tasks.base import TaskBatch
+
+
+class MetaLearner:
+    """Base class: holds ``model`` (whose parameters are the meta-parameters theta) and ``loss_fn``.
+
+    Subclasses define ``adapt(support_x, support_y, params=None, inner_steps=None)`` for one
+    task, and either ``meta_loss(batch)`` (a differentiable scalar) or ``meta_gradient(batch)``.
+    ``predict`` and the training/evaluation routines in :mod:`mlcourse.train` are shared.
+
+    ``vectorise``: "auto" (vmap over tasks unless the model holds PyTorch batch-norm layers),
+    True or False (a loop over tasks). ``chunk_size`` bounds how many tasks vmap runs at once.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, vectorise="auto", chunk_size: int | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.vectorised = choose_vectorised(model, vectorise)
+        self.chunk_size = chunk_size
+
+    def parameters(self):
+        """The meta-parameters the outer optimiser updates."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def meta_parameters(self) -> Params:
+        return params_of(self.model)
+
+    def support_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(forward(self.model, params, x), y)
+
+    def map_tasks(self, per_task: Callable, *task_tensors: torch.Tensor):
+        return map_tasks(per_task, self.vectorised, *task_tensors, chunk_size=self.chunk_size)
+
+    def predict(self, batch: TaskBatch, inner_steps: int | None = None) -> torch.Tensor:
+        """Adapt to each task's support set, then return the model's outputs on its query set."""
+        theta = self.meta_parameters()
+
+        def per_task(sx, sy, qx):
+            return forward(self.model, self.adapt(sx, sy, theta, inner_steps), qx)
+
+        return self.map_tasks(per_task, batch.support_x, batch.support_y, batch.query_x)
+
+    def state_dict(self):
+        return self.model.state_dict()
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state)

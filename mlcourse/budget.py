@@ -1,0 +1,51 @@
+"""One knob that scales every experiment: the budget.
+
+``smoke`` runs each training in seconds (CI), ``default`` fits a 2-core CPU (each chapter within
+about 15 minutes), ``paper`` uses the papers' iteration counts and meta-batches (a GPU).
+Budgets change sizes only, never the code path. Choose with ``MLCOURSE_BUDGET``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+ENV_VAR = "MLCOURSE_BUDGET"
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    sinusoid_iterations: int      # MAML paper: 70,000 meta-iterations
+    sinusoid_meta_batch: int      # 25 tasks
+    omniglot_iterations: int      # 60,000
+    omniglot_meta_batch: int      # 32 for 5-way (16 for 20-way: halve it)
+    omniglot_queries: int         # query drawings per class during meta-training
+    eval_tasks: int               # test tasks for a 95% interval (600 in the papers)
+    val_every: int                # meta-iterations between validations
+    val_tasks: int                # tasks per validation
+    timing_repeats: int           # repetitions when timing one meta-iteration
+
+    def as_dict(self):
+        return asdict(self)
+
+
+BUDGETS = {
+    "smoke": Budget("smoke", sinusoid_iterations=60, sinusoid_meta_batch=10, omniglot_iterations=6,
+                    omniglot_meta_batch=4, omniglot_queries=2, eval_tasks=20, val_every=3, val_tasks=8,
+                    timing_repeats=2),
+    "default": Budget("default", sinusoid_iterations=4000, sinusoid_meta_batch=25, omniglot_iterations=500,
+                      omniglot_meta_batch=8, omniglot_queries=5, eval_tasks=600, val_every=100, val_tasks=100,
+                      timing_repeats=5),
+    "paper": Budget("paper", sinusoid_iterations=70000, sinusoid_meta_batch=25, omniglot_iterations=60000,
+                    omniglot_meta_batch=32, omniglot_queries=15, eval_tasks=600, val_every=1000,
+                    val_tasks=300, timing_repeats=20),
+}
+
+
+def get_budget(name: str | None = None) -> Budget:
+    """The budget named ``name``, else ``$MLCOURSE_BUDGET``, else ``default``."""
+    chosen = name if name is not None else os.environ.get(ENV_VAR, "default")
+    if chosen not in BUDGETS:
+        raise ValueError(f"budget {chosen!r} is unknown: allowed {', '.join(BUDGETS)} "
+                         f"(set with the {ENV_VAR} environment variable)")
+    return BUDGETS[chosen]

@@ -1,0 +1,107 @@
+"""The functional core every algorithm is built on.
+
+Parameters are dicts ``{name: tensor}`` keyed like ``model.named_parameters()``; a model is run
+on any such dict with ``torch.func.functional_call``. The inner loop (k steps of gradient
+descent, the map U^k of the course notation) lives here once, with two interchangeable ways of
+taking its gradients:
+
+* vectorised: ``torch.func.grad`` inside ``torch.func.vmap`` over the tasks of a batch;
+* per task: ``torch.autograd.grad`` in a Python loop over tasks (needed for models that use
+  PyTorch's own batch norm, whose second-order gradients under vmap are inexact).
+
+Both give the same numbers (``tests/test_maml.py`` checks it); the first is faster.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .nn import has_torch_batchnorm
+
+Params = Dict[str, torch.Tensor]
+
+
+def params_of(model: nn.Module) -> Params:
+    """The model's trainable parameters as a dict (the meta-parameters theta)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` with ``params`` in place of its own parameters (buffers stay the model's)."""
+    return functional_call(model, params, (x,), strict=False)
+
+
+def _grads_vectorised(loss_of: Callable[[Params], torch.Tensor], params: Params, create_graph: bool) -> Params:
+    # torch.func.grad composes with the outer autograd graph, so the result stays differentiable
+    # w.r.t. theta (second order); first-order callers detach it.
+    return torch.func.grad(loss_of)(params)
+
+
+def _grads_autograd(loss_of: Callable[[Params], torch.Tensor], params: Params, create_graph: bool) -> Params:
+    with torch.enable_grad():
+        # A step taken under no_grad (evaluation) leaves tensors that need re-attaching as leaves.
+        leaves = {k: (v if v.requires_grad else v.detach().requires_grad_()) for k, v in params.items()}
+        loss = loss_of(leaves)
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph)
+    return dict(zip(leaves.keys(), grads))
+
+
+def inner_loop(loss_of: Callable[[Params], torch.Tensor], params: Params, inner_lr, inner_steps: int,
+               first_order: bool = False, vectorised: bool = True) -> Params:
+    """U^k: ``inner_steps`` steps of gradient descent phi <- phi - alpha * grad L(phi), from ``params``.
+
+    ``inner_lr`` (alpha) is a float, or a dict of per-parameter step sizes (Meta-SGD, MAML++).
+    With ``first_order`` the inner gradients are treated as constants (dphi/dtheta = I).
+    """
+    grads_of = _grads_vectorised if vectorised else _grads_autograd
+    create_graph = (not first_order) and torch.is_grad_enabled()
+    phi = params
+    for _ in range(inner_steps):
+        grads = grads_of(loss_of, phi, create_graph)
+        if first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+        phi = {k: phi[k] - _lr(inner_lr, k) * grads[k] for k in phi}
+    return phi
+
+
+def _lr(inner_lr, name: str):
+    return inner_lr[name] if isinstance(inner_lr, dict) else inner_lr
+
+
+def choose_vectorised(model: nn.Module, vectorise) -> bool:
+    """Resolve a ``vectorise`` option ("auto", True, False) for ``model``.
+
+    "auto" takes the vmap path unless the model holds PyTorch batch-norm layers: their
+    second-order gradients under vmap are wrong and their running statistics are updated in
+    place, so such models take the (exact) per-task path.
+    """
+    if vectorise == "auto":
+        return not has_torch_batchnorm(model)
+    if vectorise is True:
+        if has_torch_batchnorm(model):
+            raise ValueError(
+                "vectorise=True is not allowed for a model with torch.nn.BatchNorm layers: "
+                "second-order gradients through F.batch_norm under vmap are inexact and running "
+                "statistics cannot be updated under vmap. Use vectorise='auto' (per-task path) or "
+                "build the model with mlcourse.nn.BatchNorm.")
+        return True
+    if vectorise is False:
+        return False
+    raise ValueError(f"vectorise={vectorise!r} is unknown: allowed 'auto', True or False")
+
+
+def map_tasks(per_task: Callable, vectorised: bool, *task_tensors: torch.Tensor, chunk_size=None):
+    """Apply ``per_task(*tensors_of_one_task)`` to every task (dim 0) and stack the results.
+
+    Vectorised with ``vmap`` (in chunks of ``chunk_size`` tasks if given, to bound memory) or
+    as a loop over tasks; ``per_task`` may return a tensor or a tuple of tensors.
+    """
+    if vectorised:
+        return vmap(per_task, chunk_size=chunk_size, randomness="different")(*task_tensors)
+    outs = [per_task(*(t[i] for t in task_tensors)) for i in range(task_tensors[0].shape[0])]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.stack(o) for o in zip(*outs))
+    return torch.stack(outs)
