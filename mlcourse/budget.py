@@ -20,6 +20,7 @@ class Budget:
     omniglot_iterations: int      # 60,000
     omniglot_meta_batch: int      # 32 for 5-way (16 for 20-way: halve it)
     omniglot_queries: int         # query drawings per class during meta-training
+    omniglot20_iterations: int    # 20-way runs (five inner steps each: dearer per iteration)
     eval_tasks: int               # test tasks for a 95% interval (600 in the papers)
     val_every: int                # meta-iterations between validations
     val_tasks: int                # tasks per validation
@@ -30,14 +31,14 @@ class Budget:
 
 
 BUDGETS = {
-    "smoke": Budget("smoke", sinusoid_iterations=60, sinusoid_meta_batch=10, omniglot_iterations=6,
-                    omniglot_meta_batch=4, omniglot_queries=2, eval_tasks=20, val_every=3, val_tasks=8,
+    "smoke": Budget("smoke", sinusoid_iterations=500, sinusoid_meta_batch=10, omniglot_iterations=6,
+                    omniglot_meta_batch=4, omniglot_queries=2, omniglot20_iterations=4, eval_tasks=100, val_every=3, val_tasks=8,
                     timing_repeats=2),
-    "default": Budget("default", sinusoid_iterations=4000, sinusoid_meta_batch=25, omniglot_iterations=500,
-                      omniglot_meta_batch=8, omniglot_queries=5, eval_tasks=600, val_every=100, val_tasks=100,
+    "default": Budget("default", sinusoid_iterations=15000, sinusoid_meta_batch=25, omniglot_iterations=500,
+                      omniglot_meta_batch=8, omniglot_queries=5, omniglot20_iterations=200, eval_tasks=600, val_every=100, val_tasks=100,
                       timing_repeats=5),
     "paper": Budget("paper", sinusoid_iterations=70000, sinusoid_meta_batch=25, omniglot_iterations=60000,
-                    omniglot_meta_batch=32, omniglot_queries=15, eval_tasks=600, val_every=1000,
+                    omniglot_meta_batch=32, omniglot_queries=15, omniglot20_iterations=60000, eval_tasks=600, val_every=1000,
                     val_tasks=300, timing_repeats=20),
 }
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .algorithms import MAML
+from .algorithms import MAML, Pretrained
 from .budget import Budget, get_budget
 from .nn import MLP, ConvNet
 from .published import published
@@ -28,34 +28,41 @@ OMNIGLOT = {
     20: dict(inner_lr=0.1, inner_steps=5, eval_steps=5, outer_lr=1e-3, meta_batch_divisor=2),
 }
 EVAL_QUERIES = 15  # query drawings per class at evaluation (tighter intervals than the 1 of training)
-ALGORITHMS = ("maml", "fomaml")
+ALGORITHMS = ("maml", "fomaml", "pretrained")
 
 
-def _algorithm(name: str, model, loss_fn, inner_lr, inner_steps):
+def make_algorithm(name: str, model, loss_fn, inner_lr, inner_steps):
+    """``maml``, ``fomaml`` (first-order MAML) or ``pretrained`` (joint training, then fine-tuning)."""
     if name not in ALGORITHMS:
         raise ValueError(f"algorithm {name!r} is unknown: allowed {', '.join(ALGORITHMS)}")
+    if name == "pretrained":
+        return Pretrained(model, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps)
     return MAML(model, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps, first_order=(name == "fomaml"))
 
 
 def sinusoid_run(algorithm: str = "maml", shots: int = 10, budget: Budget | str | None = None, seed: int = 0,
-                 device=None, checkpoint=None, progress: bool = True) -> dict:
-    """Meta-train on sinusoids with K = ``shots`` and report MSE after 1 and 10 steps (600 tasks)."""
+                 device=None, checkpoint=None, progress: bool = True, eval_steps=(1, 10)) -> dict:
+    """Meta-train on sinusoids with K = ``shots``; query MSE after each of ``eval_steps`` steps."""
     budget = budget if isinstance(budget, Budget) else get_budget(budget)
     torch.manual_seed(seed)
-    alg = _algorithm(algorithm, MLP([1, 40, 40, 1]), F.mse_loss, SINUSOID["inner_lr"], SINUSOID["inner_steps"])
+    alg = make_algorithm(algorithm, MLP([1, 40, 40, 1]), F.mse_loss, SINUSOID["inner_lr"], SINUSOID["inner_steps"])
     sampler = Sinusoid(shots=shots, queries=shots)
     history = meta_train(alg, sampler, budget.sinusoid_iterations, budget.sinusoid_meta_batch,
                          outer_lr=SINUSOID["outer_lr"], seed=seed, device=device, checkpoint=checkpoint,
                          progress=progress, desc=f"{algorithm} sinusoid K={shots}")
     test = Sinusoid(shots=shots, queries=100)
-    results = {steps: evaluate(alg, test, budget.eval_tasks, inner_steps=steps) for steps in (1, SINUSOID["eval_steps"])}
+    results = {steps: evaluate(alg, test, budget.eval_tasks, inner_steps=steps) for steps in eval_steps}
     return {"algorithm": alg, "history": history, "results": results}
 
 
 def omniglot_run(algorithm: str = "maml", ways: int = 5, shots: int = 1, budget: Budget | str | None = None,
                  seed: int = 0, device=None, root=None, protocol: str = "maml", checkpoint=None,
-                 progress: bool = True) -> dict:
-    """Meta-train the conv net on Omniglot N-way K-shot, evaluate on the test characters."""
+                 progress: bool = True, eval_steps=None) -> dict:
+    """Meta-train the conv net on Omniglot N-way K-shot, evaluate on the test characters.
+
+    Returns ``result`` (after the paper's number of test-time steps) and ``results``: one
+    evaluation per entry of ``eval_steps`` (for adaptation curves; default: just that one).
+    """
     from .tasks import Omniglot  # imported here: reading Omniglot is only needed by this recipe
 
     if ways not in OMNIGLOT:
@@ -63,15 +70,34 @@ def omniglot_run(algorithm: str = "maml", ways: int = 5, shots: int = 1, budget:
     budget = budget if isinstance(budget, Budget) else get_budget(budget)
     hp = OMNIGLOT[ways]
     torch.manual_seed(seed)
-    alg = _algorithm(algorithm, ConvNet(ways), F.cross_entropy, hp["inner_lr"], hp["inner_steps"])
+    alg = make_algorithm(algorithm, ConvNet(ways), F.cross_entropy, hp["inner_lr"], hp["inner_steps"])
     train = Omniglot(ways, shots, budget.omniglot_queries, "train", root=root, protocol=protocol)
     val = Omniglot(ways, shots, EVAL_QUERIES, "val", root=root, protocol=protocol)
     test = Omniglot(ways, shots, EVAL_QUERIES, "test", root=root, protocol=protocol)
     meta_batch = max(1, budget.omniglot_meta_batch // hp["meta_batch_divisor"])
-    history = meta_train(alg, train, budget.omniglot_iterations, meta_batch, outer_lr=hp["outer_lr"],
+    iterations = budget.omniglot_iterations if ways == 5 else budget.omniglot20_iterations
+    history = meta_train(alg, train, iterations, meta_batch, outer_lr=hp["outer_lr"],
                          val_sampler=val, val_every=budget.val_every, val_tasks=budget.val_tasks,
                          val_inner_steps=hp["eval_steps"], seed=seed, device=device, checkpoint=checkpoint,
                          progress=progress, desc=f"{algorithm} omniglot {ways}-way {shots}-shot")
-    result = evaluate(alg, test, budget.eval_tasks, inner_steps=hp["eval_steps"])
-    return {"algorithm": alg, "history": history, "result": result,
+    steps = sorted(set(eval_steps or ()) | {hp["eval_steps"]})
+    results = {k: evaluate(alg, test, budget.eval_tasks, inner_steps=k) for k in steps}
+    return {"algorithm": alg, "history": history, "result": results[hp["eval_steps"]], "results": results,
             "published": published(algorithm, "omniglot", ways, shots)}
+
+
+def omniglot_runs_accuracy(algorithm, root=None, inner_steps: int | None = None) -> dict:
+    """Accuracy on Lake's 20 one-shot runs (20-way 1-shot on the evaluation alphabets).
+
+    ``algorithm`` must have been meta-trained 20-way; with ``protocol="lake"`` its training
+    never saw these alphabets. Returns mean and 95% interval over the 20 runs.
+    """
+    from .tasks import OmniglotRuns
+    from .train import confidence_interval, task_scores
+
+    batch = OmniglotRuns(root=root).batch().to(next(algorithm.model.parameters()).device)
+    steps = OMNIGLOT[20]["eval_steps"] if inner_steps is None else inner_steps
+    with torch.no_grad():
+        metric, scores = task_scores(algorithm.predict(batch, inner_steps=steps), batch.query_y)
+    mean, ci = confidence_interval(scores.cpu())
+    return {"metric": metric, "mean": mean, "ci95": ci, "num_tasks": len(scores), "scores": scores.cpu()}

@@ -1,0 +1,31 @@
+"""The book builds from the stored notebook outputs with no warnings (-W), as the README says."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_book_builds_without_warnings(tmp_path):
+    jb = Path(sys.executable).parent / "jupyter-book"
+    command = [str(jb) if jb.exists() else "jupyter-book", "build", str(ROOT), "-W", "-n", "--keep-going",
+               "--path-output", str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    html = tmp_path / "_build" / "html"
+    for page in ("book/intro.html", "notebooks/01_few_shot_learning.html", "notebooks/02_maml.html"):
+        assert (html / page).exists(), page
+
+
+def test_notebooks_are_stored_executed_and_light():
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+        counts = [c["execution_count"] for c in code]
+        assert None not in counts and counts == sorted(counts), f"{path.name}: not run top to bottom"
+        assert not any(o.get("output_type") == "error" for c in code for o in c["outputs"]), path.name
+        assert path.stat().st_size < 3_000_000, f"{path.name} is over 3 MB"
+        first = "".join(code[0]["outputs"][0]["text"]) if code[0]["outputs"] else ""
+        assert first.startswith("budget: "), f"{path.name}: the first output must say which budget produced it"
