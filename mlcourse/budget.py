@@ -35,7 +35,7 @@ BUDGETS = {
                     omniglot_meta_batch=4, omniglot_queries=2, omniglot20_iterations=4, eval_tasks=100, val_every=3, val_tasks=8,
                     timing_repeats=2),
     "default": Budget("default", sinusoid_iterations=15000, sinusoid_meta_batch=25, omniglot_iterations=500,
-                      omniglot_meta_batch=8, omniglot_queries=5, omniglot20_iterations=200, eval_tasks=600, val_every=100, val_tasks=100,
+                      omniglot_meta_batch=8, omniglot_queries=5, omniglot20_iterations=100, eval_tasks=600, val_every=100, val_tasks=100,
                       timing_repeats=5),
     "paper": Budget("paper", sinusoid_iterations=70000, sinusoid_meta_batch=25, omniglot_iterations=60000,
                     omniglot_meta_batch=32, omniglot_queries=15, omniglot20_iterations=60000, eval_tasks=600, val_every=1000,

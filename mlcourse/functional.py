@@ -71,15 +71,24 @@ def _lr(inner_lr, name: str):
     return inner_lr[name] if isinstance(inner_lr, dict) else inner_lr
 
 
-def choose_vectorised(model: nn.Module, vectorise) -> bool:
-    """Resolve a ``vectorise`` option ("auto", True, False) for ``model``.
+def has_convolution(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
-    "auto" takes the vmap path unless the model holds PyTorch batch-norm layers: their
+
+def choose_vectorised(model: nn.Module, vectorise, device=None) -> bool:
+    """Resolve a ``vectorise`` option ("auto", True, False) for ``model`` on ``device``.
+
+    "auto" takes the per-task loop for models holding PyTorch batch-norm layers (their
     second-order gradients under vmap are wrong and their running statistics are updated in
-    place, so such models take the (exact) per-task path.
+    place) and, on the CPU, for convolutional models: there vmap runs per-task weights as one
+    grouped convolution over all tasks, which measured 1.6-2x slower than the loop on a 2-core
+    CPU (benchmarks/README.md). Everything else, and convolutions on a GPU, take vmap.
     """
     if vectorise == "auto":
-        return not has_torch_batchnorm(model)
+        if has_torch_batchnorm(model):
+            return False
+        on_cpu = device is None or torch.device(device).type == "cpu"
+        return not (on_cpu and has_convolution(model))
     if vectorise is True:
         if has_torch_batchnorm(model):
             raise ValueError(

@@ -41,7 +41,7 @@ def build(spec: dict, device):
         batch = TaskBatch(torch.rand(t, n * k, 1, 28, 28), labels(k), torch.rand(t, n * q, 1, 28, 28), labels(q))
         lr = 0.4
     alg = MAML(model.to(device), loss, inner_lr=lr, inner_steps=spec.get("inner_steps", 1),
-               first_order=spec.get("first_order", False), vectorise=spec.get("vectorise", "auto"))
+               first_order=spec.get("first_order", False), vectorise=spec.get("vectorise", True))
     return alg, batch.to(device)
 
 
@@ -92,7 +92,8 @@ def measure(spec: dict, device=None, repeats: int = 5) -> dict:
     """Median seconds and peak bytes of one meta-iteration for ``spec``.
 
     ``spec`` keys: model ("mlp" or "convnet"), meta_batch, shots, queries, ways (convnet),
-    inner_steps, first_order, vectorise ("auto"/True/False), threads (optional).
+    inner_steps, first_order, vectorise (True, the default: the vmap path; False; or "auto"),
+    threads (optional).
     """
     from .utils import default_device
 

@@ -171,13 +171,23 @@ def test_torch_batchnorm_model_takes_exact_per_task_path():
     ours.load_state_dict({k: v for k, v in torch_bn.state_dict().items() if k in ours.state_dict()})
     batch = image_batch()
     alg_torch = MAML(torch_bn, F.cross_entropy, 0.1, 2)
-    alg_ours = MAML(ours, F.cross_entropy, 0.1, 2)
+    alg_ours = MAML(ours, F.cross_entropy, 0.1, 2, vectorise=True)
     assert not alg_torch.vectorised and alg_ours.vectorised
     torch.testing.assert_close(meta_grad(alg_torch, batch), meta_grad(alg_ours, batch), rtol=1e-9, atol=1e-12)
     grad = meta_grad(alg_torch, batch)
     v = torch.randn(grad.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     fd = finite_difference_directional(alg_torch, batch, v)
     assert abs(fd - grad @ v) <= 1e-6 * max(1.0, abs(fd))
+
+
+def test_auto_policy():
+    """vmap for MLPs; the loop for torch batch norm, and for convolutions on the CPU."""
+    assert MAML(small_mlp(), F.mse_loss, 0.1).vectorised
+    assert not MAML(small_convnet(batch_norm=nn.BatchNorm2d), F.cross_entropy, 0.1).vectorised
+    assert not MAML(small_convnet(), F.cross_entropy, 0.1).vectorised  # the model is on the CPU
+    from mlcourse.functional import choose_vectorised
+    assert choose_vectorised(small_convnet(), "auto", device="cuda")
+    assert not choose_vectorised(small_convnet(batch_norm=nn.BatchNorm2d), "auto", device="cuda")
 
 
 def test_vmap_refused_for_torch_batchnorm():

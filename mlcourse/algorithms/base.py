@@ -17,8 +17,9 @@ class MetaLearner:
     task, and either ``meta_loss(batch)`` (a differentiable scalar) or ``meta_gradient(batch)``.
     ``predict`` and the training/evaluation routines in :mod:`mlcourse.train` are shared.
 
-    ``vectorise``: "auto" (vmap over tasks unless the model holds PyTorch batch-norm layers),
-    True or False (a loop over tasks). ``chunk_size`` bounds how many tasks vmap runs at once.
+    ``vectorise``: "auto" (see :func:`mlcourse.functional.choose_vectorised`: vmap over tasks
+    except for PyTorch batch-norm layers, and for convolutions on the CPU), True (vmap) or False
+    (a loop over tasks). ``chunk_size`` bounds how many tasks vmap runs at once.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, vectorise="auto", chunk_size: int | None = None):
@@ -26,8 +27,20 @@ class MetaLearner:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.loss_fn = loss_fn
-        self.vectorised = choose_vectorised(model, vectorise)
+        choose_vectorised(model, vectorise)  # reject a bad option now, not at the first batch
+        self.vectorise = vectorise
         self.chunk_size = chunk_size
+
+    @property
+    def vectorised(self) -> bool:
+        """Whether tasks are mapped with vmap, decided for the device the model is on now."""
+        device = next(iter(self.model.parameters()), torch.empty(0)).device
+        return choose_vectorised(self.model, self.vectorise, device) if isinstance(self.vectorise, str) \
+            else bool(self.vectorise)
+
+    @vectorised.setter
+    def vectorised(self, value: bool):
+        self.vectorise = bool(value)  # an explicit override (tests use it to bypass the guard)
 
     def parameters(self):
         """The meta-parameters the outer optimiser updates."""
