@@ -7,7 +7,6 @@ gradients through ``F.batch_norm`` under ``torch.func.vmap`` are inexact in curr
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn

@@ -130,11 +130,11 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
             named = dict(algorithm.model.named_parameters())
             for name, g in grads.items():
                 named[name].grad = g.detach()
+            _check_finite(loss.detach(), "the meta-loss", it)
         else:
             loss = algorithm.meta_loss(batch)
-            _check_finite(loss.detach(), "the meta-loss", it)
+            _check_finite(loss.detach(), "the meta-loss", it)  # before backward: no work on garbage
             loss.backward()
-        _check_finite(loss.detach(), "the meta-loss", it)
         for p in params:
             if p.grad is not None:
                 _check_finite(p.grad, "a meta-gradient", it)
