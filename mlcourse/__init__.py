@@ -9,5 +9,5 @@ from .utils import default_device, seed_everything
 
 __version__ = "0.1.0"
 
-__all__ = ["algorithms", "functional", "nn", "plots", "tasks", "widgets", "Budget", "get_budget", "confidence_interval",
+__all__ = ["algorithms", "functional", "nn", "plots", "profiling", "published", "recipes", "tasks", "widgets", "Budget", "get_budget", "confidence_interval",
            "evaluate", "meta_train", "default_device", "seed_everything"]

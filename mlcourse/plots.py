@@ -83,19 +83,6 @@ def adaptation_curves(curves: dict, ax=None, ylabel="query MSE", title=None):
     return ax
 
 
-def training_curves(histories: dict, ax=None, smooth: int = 50, title="meta-training loss"):
-    """``histories``: name -> history from ``meta_train``; a moving average of the meta-loss."""
-    ax = ax or plt.subplots(figsize=(5, 3.2))[1]
-    for name, h in histories.items():
-        loss = np.asarray(h["loss"], dtype=float)
-        w = max(1, min(smooth, len(loss) // 5 or 1))
-        avg = np.convolve(loss, np.ones(w) / w, mode="valid")
-        ax.plot(np.arange(w, len(loss) + 1), avg, label=name)
-    ax.set_xlabel("meta-iteration"), ax.set_ylabel("meta-loss"), ax.set_yscale("log")
-    ax.legend(fontsize=8), ax.set_title(title, fontsize=10)
-    return ax
-
-
 def grid(n: int, cols: int = 3, size=(4.2, 3.0)):
     """A figure with ``n`` axes in rows of ``cols``."""
     rows = math.ceil(n / cols)

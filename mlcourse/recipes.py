@@ -93,11 +93,10 @@ def omniglot_runs_accuracy(algorithm, root=None, inner_steps: int | None = None)
     never saw these alphabets. Returns mean and 95% interval over the 20 runs.
     """
     from .tasks import OmniglotRuns
-    from .train import confidence_interval, task_scores
+    from .train import confidence_interval, score_batch
 
     batch = OmniglotRuns(root=root).batch().to(next(algorithm.model.parameters()).device)
     steps = OMNIGLOT[20]["eval_steps"] if inner_steps is None else inner_steps
-    with torch.no_grad():
-        metric, scores = task_scores(algorithm.predict(batch, inner_steps=steps), batch.query_y)
-    mean, ci = confidence_interval(scores.cpu())
-    return {"metric": metric, "mean": mean, "ci95": ci, "num_tasks": len(scores), "scores": scores.cpu()}
+    metric, scores = score_batch(algorithm, batch, steps)
+    mean, ci = confidence_interval(scores)
+    return {"metric": metric, "mean": mean, "ci95": ci, "num_tasks": len(scores), "scores": scores}

@@ -31,6 +31,14 @@ def task_scores(predictions: torch.Tensor, targets: torch.Tensor) -> tuple[str, 
     return "mse", ((predictions - targets) ** 2).flatten(1).double().mean(dim=1)
 
 
+def score_batch(algorithm, batch, inner_steps: int | None = None) -> tuple[str, torch.Tensor]:
+    """Adapt to each task of ``batch`` (no outer graph) and score its query set: (metric, per-task scores)."""
+    with torch.no_grad():
+        predictions = algorithm.predict(batch, inner_steps=inner_steps)
+    metric, scores = task_scores(predictions, batch.query_y)
+    return metric, scores.cpu()
+
+
 def evaluate(algorithm, sampler, num_tasks: int = 600, inner_steps: int | None = None, batch_size: int = 25,
              seed: int = 1234, device=None, progress: bool = False) -> dict:
     """Adapt to ``num_tasks`` fresh tasks and score each on its query set.
@@ -47,11 +55,8 @@ def evaluate(algorithm, sampler, num_tasks: int = 600, inner_steps: int | None =
     with tqdm(total=num_tasks, desc="evaluate", disable=not progress, leave=False) as bar:
         while done < num_tasks:
             n = min(batch_size, num_tasks - done)
-            batch = sampler.sample(n, generator=generator).to(device)
-            with torch.no_grad():
-                predictions = algorithm.predict(batch, inner_steps=inner_steps)
-            metric, s = task_scores(predictions, batch.query_y)
-            scores.append(s.cpu())
+            metric, s = score_batch(algorithm, sampler.sample(n, generator=generator).to(device), inner_steps)
+            scores.append(s)
             done += n
             bar.update(n)
     scores = torch.cat(scores)
