@@ -49,22 +49,76 @@ def _grads_autograd(loss_of: Callable[[Params], torch.Tensor], params: Params, c
     return dict(zip(leaves.keys(), grads))
 
 
-def inner_loop(loss_of: Callable[[Params], torch.Tensor], params: Params, inner_lr, inner_steps: int,
-               first_order: bool = False, vectorised: bool = True) -> Params:
+def inner_loop(loss_of, params: Params, inner_lr, inner_steps: int, first_order: bool = False,
+               vectorised: bool = True, optimizer=None, state=None, return_state: bool = False):
     """U^k: ``inner_steps`` steps of gradient descent phi <- phi - alpha * grad L(phi), from ``params``.
 
-    ``inner_lr`` (alpha) is a float, or a dict of per-parameter step sizes (Meta-SGD, MAML++).
-    With ``first_order`` the inner gradients are treated as constants (dphi/dtheta = I).
+    ``loss_of`` is the loss L(phi), or a list of ``inner_steps`` losses, step j descending the
+    j-th (mini-batches, as in Reptile). ``inner_lr`` (alpha) is a float, or a dict of
+    per-parameter step sizes (Meta-SGD, MAML++). With ``first_order`` the inner gradients are
+    treated as constants (dphi/dtheta = I).
+
+    ``optimizer`` replaces the plain gradient step with a functional optimiser (:class:`SGD`,
+    :class:`Adam`) whose ``state`` is passed in (``None``: a fresh one) and, with
+    ``return_state``, returned beside phi.
     """
+    losses = list(loss_of) if isinstance(loss_of, (list, tuple)) else None
+    if losses is not None and len(losses) != inner_steps:
+        raise ValueError(f"got {len(losses)} step losses for inner_steps={inner_steps}: need one per step")
     grads_of = _grads_vectorised if vectorised else _grads_autograd
     create_graph = (not first_order) and torch.is_grad_enabled()
+    optimizer = SGD() if optimizer is None else optimizer
+    state = optimizer.init(params) if state is None else state
     phi = params
-    for _ in range(inner_steps):
-        grads = grads_of(loss_of, phi, create_graph)
+    for step in range(inner_steps):
+        grads = grads_of(losses[step] if losses is not None else loss_of, phi, create_graph)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
-        phi = {k: phi[k] - _lr(inner_lr, k) * grads[k] for k in phi}
-    return phi
+        phi, state = optimizer.step(phi, grads, state, inner_lr)
+    return (phi, state) if return_state else phi
+
+
+class SGD:
+    """Plain gradient descent, phi <- phi - alpha * g: the inner step of MAML (eq. 1). Stateless."""
+
+    def init(self, params: Params) -> dict:
+        return {}
+
+    def step(self, params: Params, grads: Params, state: dict, inner_lr):
+        return {k: params[k] - _lr(inner_lr, k) * grads[k] for k in params}, state
+
+
+class Adam:
+    """Adam as a pure function of (phi, g, state), usable under vmap and inside autograd.
+
+    The Reptile paper's inner optimiser is Adam with beta1 = 0 (no momentum), so that is the
+    default. ``state`` holds the moment estimates ``m:<name>``, ``v:<name>`` and the step count
+    ``t`` (a float tensor, so that it can be saved and averaged).
+    """
+
+    def __init__(self, betas=(0.0, 0.999), eps: float = 1e-8):
+        beta1, beta2 = betas
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            raise ValueError(f"betas={betas} are invalid: each must lie in [0, 1)")
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+
+    def init(self, params: Params) -> dict:
+        state = {"t": torch.zeros(())}
+        for k, p in params.items():
+            state["m:" + k] = torch.zeros_like(p)
+            state["v:" + k] = torch.zeros_like(p)
+        return state
+
+    def step(self, params: Params, grads: Params, state: dict, inner_lr):
+        t = state["t"] + 1
+        new_state, new_params = {"t": t}, {}
+        for k, p in params.items():
+            m = self.beta1 * state["m:" + k] + (1 - self.beta1) * grads[k]
+            v = self.beta2 * state["v:" + k] + (1 - self.beta2) * grads[k] ** 2
+            m_hat, v_hat = m / (1 - self.beta1 ** t), v / (1 - self.beta2 ** t)  # bias correction
+            new_params[k] = p - _lr(inner_lr, k) * m_hat / (v_hat.sqrt() + self.eps)
+            new_state["m:" + k], new_state["v:" + k] = m, v
+        return new_params, new_state
 
 
 def _lr(inner_lr, name: str):
@@ -106,11 +160,18 @@ def map_tasks(per_task: Callable, vectorised: bool, *task_tensors: torch.Tensor,
     """Apply ``per_task(*tensors_of_one_task)`` to every task (dim 0) and stack the results.
 
     Vectorised with ``vmap`` (in chunks of ``chunk_size`` tasks if given, to bound memory) or
-    as a loop over tasks; ``per_task`` may return a tensor or a tuple of tensors.
+    as a loop over tasks; ``per_task`` may return a tensor, or tuples and dicts of tensors.
     """
     if vectorised:
         return vmap(per_task, chunk_size=chunk_size, randomness="different")(*task_tensors)
-    outs = [per_task(*(t[i] for t in task_tensors)) for i in range(task_tensors[0].shape[0])]
-    if isinstance(outs[0], tuple):
-        return tuple(torch.stack(o) for o in zip(*outs))
+    return _stack([per_task(*(t[i] for t in task_tensors)) for i in range(task_tensors[0].shape[0])])
+
+
+def _stack(outs: list):
+    """Stack a list of equally shaped results (tensors, tuples or dicts of them) along a new dim 0."""
+    first = outs[0]
+    if isinstance(first, dict):
+        return {k: _stack([o[k] for o in outs]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(_stack(list(o)) for o in zip(*outs))
     return torch.stack(outs)

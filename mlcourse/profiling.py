@@ -40,8 +40,18 @@ def build(spec: dict, device):
         labels = lambda m: torch.arange(n).repeat_interleave(m).repeat(t, 1)  # noqa: E731
         batch = TaskBatch(torch.rand(t, n * k, 1, 28, 28), labels(k), torch.rand(t, n * q, 1, 28, 28), labels(q))
         lr = 0.4
-    alg = MAML(model.to(device), loss, inner_lr=lr, inner_steps=spec.get("inner_steps", 1),
-               first_order=spec.get("first_order", False), vectorise=spec.get("vectorise", True))
+    name = spec.get("algorithm", "maml")
+    if name == "maml":
+        alg = MAML(model.to(device), loss, inner_lr=lr, inner_steps=spec.get("inner_steps", 1),
+                   first_order=spec.get("first_order", False), vectorise=spec.get("vectorise", True))
+    elif name == "reptile":
+        from .algorithms import Reptile
+
+        # The Reptile paper's inner loop: Adam (beta1 = 0) over the whole support set here.
+        alg = Reptile(model.to(device), loss, inner_lr=1e-3, inner_steps=spec.get("inner_steps", 1),
+                      inner_optimizer="adam", vectorise=spec.get("vectorise", True))
+    else:
+        raise ValueError(f"algorithm {name!r} is unknown: allowed 'maml' or 'reptile'")
     return alg, batch.to(device)
 
 
@@ -77,7 +87,10 @@ def _worker(spec, device_name, repeats, queue):
                 else:
                     base = _reset_peak_rss()
             tic = time.perf_counter()
-            alg.meta_loss(batch).backward()
+            if callable(getattr(alg, "meta_gradient", None)):
+                alg.meta_gradient(batch)  # Reptile: no backward pass at all
+            else:
+                alg.meta_loss(batch).backward()
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - tic)
@@ -92,7 +105,7 @@ def measure(spec: dict, device=None, repeats: int = 5) -> dict:
     """Median seconds and peak bytes of one meta-iteration for ``spec``.
 
     ``spec`` keys: model ("mlp" or "convnet"), meta_batch, shots, queries, ways (convnet),
-    inner_steps, first_order, vectorise (True, the default: the vmap path; False; or "auto"),
+    algorithm ("maml", the default, or "reptile"), inner_steps, first_order, vectorise (True, the default: the vmap path; False; or "auto"),
     threads (optional).
     """
     from .utils import default_device

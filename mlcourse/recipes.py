@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .algorithms import MAML, Pretrained
+from .algorithms import LLAMA, MAML, Pretrained, Reptile
 from .budget import Budget, get_budget
 from .nn import MLP, ConvNet
 from .published import published
@@ -27,16 +27,34 @@ OMNIGLOT = {
     5: dict(inner_lr=0.4, inner_steps=1, eval_steps=3, outer_lr=1e-3, meta_batch_divisor=1),
     20: dict(inner_lr=0.1, inner_steps=5, eval_steps=5, outer_lr=1e-3, meta_batch_divisor=2),
 }
+# Reptile (Nichol et al., 2018, appendix A and its code): inner Adam with beta1 = 0, five steps on
+# mini-batches of 10 drawn by cycling through 10 shots per class; outer SGD step 1.0 annealed
+# linearly to 0; meta-batch 5; 100,000 iterations. Evaluation: 50 steps on mini-batches of 5.
+REPTILE_OMNIGLOT = {
+    5: dict(inner_lr=1e-3, inner_optimizer="adam", inner_steps=5, inner_batch=10, train_shots=10, meta_batch=5,
+            outer_step_size=1.0, outer_step_size_final=0.0, eval_inner_steps=50, eval_inner_batch=5),
+}
+# Reptile on sinusoids: our choice (the paper gives no table for it): SGD with MAML's alpha = 0.01,
+# five steps (alpha = 0.02 made first-order runs diverge on some tasks).
+REPTILE_SINUSOID = dict(inner_lr=0.01, inner_optimizer="sgd", inner_steps=5, outer_step_size=1.0,
+                        outer_step_size_final=0.0)
 EVAL_QUERIES = 15  # query drawings per class at evaluation (tighter intervals than the 1 of training)
-ALGORITHMS = ("maml", "fomaml", "pretrained")
+ALGORITHMS = ("maml", "fomaml", "pretrained", "reptile", "llama")
+# LLAMA (Grant et al., 2018, section 5.2): MAML's hyperparameters plus tau = 0.001 and eta = 1e-6.
+LLAMA_PRIOR = dict(prior_precision=1e-3, eta=1e-6, curvature="kfac")
 
 
 def make_algorithm(name: str, model, loss_fn, inner_lr, inner_steps):
-    """``maml``, ``fomaml`` (first-order MAML) or ``pretrained`` (joint training, then fine-tuning)."""
+    """``maml``, ``fomaml`` (first-order MAML), ``pretrained`` (joint training, then fine-tuning) or
+    ``llama`` (MAML plus the Laplace term, the paper's prior). Reptile has recipes of its own."""
     if name not in ALGORITHMS:
         raise ValueError(f"algorithm {name!r} is unknown: allowed {', '.join(ALGORITHMS)}")
     if name == "pretrained":
         return Pretrained(model, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps)
+    if name == "llama":
+        return LLAMA(model, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps, **LLAMA_PRIOR)
+    if name == "reptile":
+        raise ValueError("Reptile has its own recipes: reptile_omniglot_run and sinusoid_run('reptile')")
     return MAML(model, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps, first_order=(name == "fomaml"))
 
 
@@ -45,7 +63,10 @@ def sinusoid_run(algorithm: str = "maml", shots: int = 10, budget: Budget | str 
     """Meta-train on sinusoids with K = ``shots``; query MSE after each of ``eval_steps`` steps."""
     budget = budget if isinstance(budget, Budget) else get_budget(budget)
     torch.manual_seed(seed)
-    alg = make_algorithm(algorithm, MLP([1, 40, 40, 1]), F.mse_loss, SINUSOID["inner_lr"], SINUSOID["inner_steps"])
+    if algorithm == "reptile":
+        alg = Reptile(MLP([1, 40, 40, 1]), F.mse_loss, **REPTILE_SINUSOID, seed=seed)
+    else:
+        alg = make_algorithm(algorithm, MLP([1, 40, 40, 1]), F.mse_loss, SINUSOID["inner_lr"], SINUSOID["inner_steps"])
     sampler = Sinusoid(shots=shots, queries=shots)
     history = meta_train(alg, sampler, budget.sinusoid_iterations, budget.sinusoid_meta_batch,
                          outer_lr=SINUSOID["outer_lr"], seed=seed, device=device, checkpoint=checkpoint,
@@ -65,6 +86,11 @@ def omniglot_run(algorithm: str = "maml", ways: int = 5, shots: int = 1, budget:
     """
     from .tasks import Omniglot  # imported here: reading Omniglot is only needed by this recipe
 
+    if algorithm == "reptile":
+        run = reptile_omniglot_run(ways, (shots,), budget, seed=seed, device=device, root=root, protocol=protocol,
+                                   checkpoint=checkpoint, progress=progress, transductive=(False,))
+        key = (shots, False)  # the paper's headline row is non-transductive
+        return {**run, "result": run["results"][key], "published": run["published"][key]}
     if ways not in OMNIGLOT:
         raise ValueError(f"ways={ways} has no recipe: allowed {', '.join(map(str, OMNIGLOT))} (the MAML paper's)")
     budget = budget if isinstance(budget, Budget) else get_budget(budget)
@@ -100,3 +126,36 @@ def omniglot_runs_accuracy(algorithm, root=None, inner_steps: int | None = None)
     metric, scores = score_batch(algorithm, batch, steps)
     mean, ci = confidence_interval(scores)
     return {"metric": metric, "mean": mean, "ci95": ci, "num_tasks": len(scores), "scores": scores}
+
+
+def reptile_omniglot_run(ways: int = 5, shots=(1, 5), budget: Budget | str | None = None, seed: int = 0, device=None,
+                         root=None, protocol: str = "maml", checkpoint=None, progress: bool = True,
+                         eval_tasks: int | None = None, transductive=(False, True)) -> dict:
+    """Meta-train Reptile on Omniglot once, then evaluate K-shot for every K in ``shots`` and every
+    setting in ``transductive`` (as in the paper, one model serves every K: it trains on 10 shots).
+
+    Returns ``results`` and ``published``, both keyed by ``(shots, transductive)``.
+    """
+    from .tasks import Omniglot
+
+    if ways not in REPTILE_OMNIGLOT:
+        raise ValueError(f"ways={ways} has no Reptile recipe: allowed {', '.join(map(str, REPTILE_OMNIGLOT))}")
+    budget = budget if isinstance(budget, Budget) else get_budget(budget)
+    hp = dict(REPTILE_OMNIGLOT[ways])
+    train_shots, meta_batch = hp.pop("train_shots"), hp.pop("meta_batch")
+    torch.manual_seed(seed)
+    alg = Reptile(ConvNet(ways), F.cross_entropy, **hp, seed=seed)
+    # One query drawing per class: Reptile never uses it to learn, only to report a loss.
+    train = Omniglot(ways, train_shots, 1, "train", root=root, protocol=protocol)
+    history = meta_train(alg, train, budget.reptile_iterations, meta_batch, seed=seed, device=device,
+                         checkpoint=checkpoint, progress=progress, desc=f"reptile omniglot {ways}-way")
+    results, reference = {}, {}
+    for k in shots:
+        test = Omniglot(ways, k, EVAL_QUERIES, "test", root=root, protocol=protocol)
+        for setting in transductive:
+            alg.transductive = setting
+            results[(k, setting)] = evaluate(alg, test, eval_tasks or budget.eval_tasks)
+            name = "reptile-transductive" if setting else "reptile"
+            reference[(k, setting)] = published(name, "omniglot", ways, k)
+    alg.transductive = False
+    return {"algorithm": alg, "history": history, "results": results, "published": reference}

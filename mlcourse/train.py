@@ -86,7 +86,10 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
 
     theta <- Adam(theta, grad_theta meta_loss) with step size beta = ``outer_lr`` (or the given
     ``optimizer``). An algorithm provides ``meta_loss(batch)`` (backpropagated here) or
-    ``meta_gradient(batch) -> (loss, {name: grad})``.
+    ``meta_gradient(batch) -> (loss, {name: grad})``. An algorithm with its own outer update
+    (Reptile: SGD with an annealed step size) provides ``outer_optimizer(params)``, used when no
+    ``optimizer`` is given (``outer_lr`` is then unused), and ``outer_lr_factor(iteration,
+    iterations)``, which scales the step size of every parameter group at each iteration.
 
     Every ``val_every`` iterations it evaluates on ``val_tasks`` tasks of ``val_sampler``.
     With ``checkpoint`` it saves model, optimiser, sampler-generator state and history every
@@ -102,8 +105,13 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
     check_int("checkpoint_every", checkpoint_every, 1)
     device = torch.device(device) if device is not None else default_device()
     algorithm.model.to(device)
-    if optimizer is None:
+    if optimizer is None and callable(getattr(algorithm, "outer_optimizer", None)):
+        optimizer = algorithm.outer_optimizer(algorithm.parameters())
+    elif optimizer is None:
         optimizer = torch.optim.Adam(algorithm.parameters(), lr=check_positive("outer_lr", outer_lr))
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    lr_factor = getattr(algorithm, "outer_lr_factor", None)
     generator = torch.Generator().manual_seed(seed)
     history = {"iteration": [], "loss": [], "val_iteration": [], "val_mean": [], "val_ci95": [], "seconds": 0.0}
     start = 0
@@ -130,6 +138,9 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
         algorithm.model.train()
         batch = sampler.sample(meta_batch, generator=generator).to(device)
         optimizer.zero_grad(set_to_none=True)
+        if callable(lr_factor):  # a function of the iteration alone, so a resumed run matches
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * lr_factor(it, iterations)
         if callable(getattr(algorithm, "meta_gradient", None)):
             loss, grads = algorithm.meta_gradient(batch)
             named = dict(algorithm.model.named_parameters())

@@ -15,7 +15,8 @@ def test_book_builds_without_warnings(tmp_path):
     proc = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     html = tmp_path / "_build" / "html"
-    for page in ("book/intro.html", "notebooks/01_few_shot_learning.html", "notebooks/02_maml.html"):
+    for page in ("book/intro.html", "notebooks/01_few_shot_learning.html", "notebooks/02_maml.html",
+                 "notebooks/03_reptile.html", "notebooks/04_hierarchical_bayes.html"):
         assert (html / page).exists(), page
 
 

@@ -53,3 +53,14 @@ def test_missing_data_root_names_the_fix(tmp_path):
                           env=dict(os.environ, MLCOURSE_BUDGET="smoke", MLCOURSE_CACHE=str(tmp_path / "cache")))
     assert proc.returncode == 2
     assert "python -m mlcourse download omniglot" in proc.stderr
+
+
+def test_reproduce_reptile_omniglot_reports_the_non_transductive_row(tmp_path):
+    if not os.environ.get("MLCOURSE_DATA"):
+        pytest.skip("Omniglot archives not available (set MLCOURSE_DATA)")
+    out = tmp_path / "row.json"
+    proc = run_cli("reproduce", "reptile", "omniglot", "--shots", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(out.read_text())
+    assert row["published"] == {"mean": 95.39, "ci95": 0.09}
+    assert row["iterations"] == row["budget"]["reptile_iterations"] and 0 <= row["mean"] <= 100

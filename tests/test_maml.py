@@ -10,6 +10,7 @@ from torch.func import functional_call
 from mlcourse.algorithms import MAML
 from mlcourse.nn import MLP, BatchNorm, ConvNet
 from mlcourse.tasks import Sinusoid, TaskBatch
+from _helpers import flat_params, set_flat
 
 
 def sinusoid_batch(tasks=3, shots=5, seed=0):
@@ -40,18 +41,6 @@ def meta_grad(alg, batch):
     alg.model.zero_grad()
     alg.meta_loss(batch).backward()
     return torch.cat([p.grad.flatten() for p in alg.model.parameters()])
-
-
-def flat_params(model):
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
-
-
-def set_flat(model, flat):
-    i = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(flat[i:i + p.numel()].view_as(p))
-            i += p.numel()
 
 
 def finite_difference_directional(alg, batch, direction, eps=1e-6):

@@ -5,8 +5,10 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.func import vmap
 
 from ..functional import Params, choose_vectorised, forward, map_tasks, params_of
+from ..nn import has_torch_batchnorm
 from ..tasks.base import TaskBatch
 
 
@@ -20,9 +22,16 @@ class MetaLearner:
     ``vectorise``: "auto" (see :func:`mlcourse.functional.choose_vectorised`: vmap over tasks
     except for PyTorch batch-norm layers, and for convolutions on the CPU), True (vmap) or False
     (a loop over tasks). ``chunk_size`` bounds how many tasks vmap runs at once.
+
+    ``transductive`` says how batch norm sees the query set when predicting (it changes nothing
+    for a model without batch norm). True: the whole query set is one batch, so its statistics
+    are shared between query examples (MAML's evaluation). False: each query example is
+    classified alone, normalised with the statistics of the support set plus that one example
+    (the Reptile paper's non-transductive setting). The papers' tables differ by it.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Callable, vectorise="auto", chunk_size: int | None = None):
+    def __init__(self, model: nn.Module, loss_fn: Callable, vectorise="auto", chunk_size: int | None = None,
+                 transductive: bool = True):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -30,6 +39,9 @@ class MetaLearner:
         choose_vectorised(model, vectorise)  # reject a bad option now, not at the first batch
         self.vectorise = vectorise
         self.chunk_size = chunk_size
+        if not isinstance(transductive, bool):
+            raise TypeError(f"transductive={transductive!r} must be True or False")
+        self.transductive = transductive
 
     @property
     def vectorised(self) -> bool:
@@ -60,9 +72,21 @@ class MetaLearner:
         theta = self.meta_parameters()
 
         def per_task(sx, sy, qx):
-            return forward(self.model, self.adapt(sx, sy, theta, inner_steps), qx)
+            return self.query_outputs(self.adapt(sx, sy, theta, inner_steps), sx, qx)
 
         return self.map_tasks(per_task, batch.support_x, batch.support_y, batch.query_x)
+
+    def query_outputs(self, phi: Params, support_x: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+        """The adapted model's outputs on one task's query set, transductively or not (see the class)."""
+        if self.transductive:
+            return forward(self.model, phi, query_x)
+
+        def alone(x):  # the support set plus one query example: batch norm sees only these
+            return forward(self.model, phi, torch.cat([support_x, x.unsqueeze(0)]))[-1]
+
+        if has_torch_batchnorm(self.model):  # its running statistics cannot live under vmap
+            return torch.stack([alone(x) for x in query_x])
+        return vmap(alone)(query_x)
 
     def state_dict(self):
         return self.model.state_dict()

@@ -21,8 +21,8 @@ class Pretrained(MetaLearner):
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, inner_lr: float, inner_steps: int = 1,
-                 vectorise="auto", chunk_size: int | None = None):
-        super().__init__(model, loss_fn, vectorise, chunk_size)
+                 vectorise="auto", chunk_size: int | None = None, transductive: bool = True):
+        super().__init__(model, loss_fn, vectorise, chunk_size, transductive)
         self.inner_lr = check_positive("inner_lr", inner_lr)
         self.inner_steps = check_int("inner_steps", inner_steps, 0)
 

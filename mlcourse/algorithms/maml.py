@@ -25,12 +25,13 @@ class MAML(MetaLearner):
         inner_lr: alpha > 0.
         inner_steps: k >= 1, used in meta-training and (unless overridden) adaptation.
         first_order: FOMAML.
-        vectorise, chunk_size: see :class:`MetaLearner`.
+        vectorise, chunk_size, transductive: see :class:`MetaLearner`.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, inner_lr: float, inner_steps: int = 1,
-                 first_order: bool = False, vectorise="auto", chunk_size: int | None = None):
-        super().__init__(model, loss_fn, vectorise, chunk_size)
+                 first_order: bool = False, vectorise="auto", chunk_size: int | None = None,
+                 transductive: bool = True):
+        super().__init__(model, loss_fn, vectorise, chunk_size, transductive)
         self.inner_lr = check_positive("inner_lr", inner_lr)
         self.inner_steps = check_int("inner_steps", inner_steps, 1)
         self.first_order = bool(first_order)

@@ -57,3 +57,18 @@ def check_positive(name: str, value) -> float:
     if not (v > 0) or v == float("inf"):
         raise ValueError(f"{name}={value!r} is out of range: allowed a finite number > 0")
     return v
+
+
+class SharedTail:
+    """Wrap a sampler so that every task's query set is its support set.
+
+    The Reptile paper's "shared-tail" first-order MAML: the outer gradient is taken on data the
+    inner loop has already fitted, against the usual "separate-tail" with fresh query examples.
+    """
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def sample(self, meta_batch: int, generator=None) -> TaskBatch:
+        batch = self.sampler.sample(meta_batch, generator=generator)
+        return TaskBatch(batch.support_x, batch.support_y, batch.support_x, batch.support_y)
