@@ -103,7 +103,8 @@ class Adam:
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def init(self, params: Params) -> dict:
-        state = {"t": torch.zeros(())}
+        first = next(iter(params.values()))
+        state = {"t": torch.zeros((), dtype=first.dtype, device=first.device)}
         for k, p in params.items():
             state["m:" + k] = torch.zeros_like(p)
             state["v:" + k] = torch.zeros_like(p)

@@ -2,7 +2,8 @@
 
 Each measurement runs in a fresh subprocess so that peak memory is that of the meta-iteration
 alone: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU (Linux) the rise of the process's
-peak resident set size (VmHWM, reset after a warm-up run) over its size before the timed runs.
+peak resident set size (VmHWM) over its size after a warm-up run, or after building the model
+and batch (``baseline``).
 The CPU figure counts only memory the allocator newly takes from the system, so it is a lower
 bound that is most telling when it grows (with inner steps, with second order). The inputs
 are random tensors of the benchmark's shapes: cost does not depend on their values.
@@ -10,23 +11,32 @@ are random tensors of the benchmark's shapes: cost does not depend on their valu
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
 
-from .tasks.base import TaskBatch
+from .tasks.base import TaskBatch, check_int
 
 SINUSOID_SPEC = dict(model="mlp", meta_batch=25, shots=10, queries=10)
 OMNIGLOT_SPEC = dict(model="convnet", meta_batch=32, ways=5, shots=1, queries=15)
 
 
+PROFILED = ("maml", "fomaml", "reptile", "imaml-gd", "imaml-hf")
+
+
 def build(spec: dict, device):
     """An algorithm and a random ``TaskBatch`` on ``device`` from a spec dict (see ``measure``)."""
-    from .algorithms import MAML
+    from .algorithms import MAML, Reptile
+    from .algorithms.imaml import IMAML
     from .nn import MLP, ConvNet
 
+    name = spec.get("algorithm", "maml")
+    if name not in PROFILED:
+        raise ValueError(f"algorithm={name!r} is unknown: allowed {', '.join(PROFILED)}")
     torch.manual_seed(0)
     t = spec["meta_batch"]
     if spec["model"] == "mlp":
@@ -40,18 +50,17 @@ def build(spec: dict, device):
         labels = lambda m: torch.arange(n).repeat_interleave(m).repeat(t, 1)  # noqa: E731
         batch = TaskBatch(torch.rand(t, n * k, 1, 28, 28), labels(k), torch.rand(t, n * q, 1, 28, 28), labels(q))
         lr = 0.4
-    name = spec.get("algorithm", "maml")
-    if name == "maml":
-        alg = MAML(model.to(device), loss, inner_lr=lr, inner_steps=spec.get("inner_steps", 1),
-                   first_order=spec.get("first_order", False), vectorise=spec.get("vectorise", True))
+    model, steps, vectorise = model.to(device), spec.get("inner_steps", 1), spec.get("vectorise", True)
+    if name in ("maml", "fomaml"):
+        alg = MAML(model, loss, inner_lr=spec.get("inner_lr", lr), inner_steps=steps,
+                   first_order=spec.get("first_order", name == "fomaml"), vectorise=vectorise)
     elif name == "reptile":
-        from .algorithms import Reptile
-
         # The Reptile paper's inner loop: Adam (beta1 = 0) over the whole support set here.
-        alg = Reptile(model.to(device), loss, inner_lr=1e-3, inner_steps=spec.get("inner_steps", 1),
-                      inner_optimizer="adam", vectorise=spec.get("vectorise", True))
-    else:
-        raise ValueError(f"algorithm {name!r} is unknown: allowed 'maml' or 'reptile'")
+        alg = Reptile(model, loss, inner_lr=spec.get("inner_lr", 1e-3), inner_steps=steps, inner_optimizer="adam",
+                      vectorise=vectorise)
+    else:  # iMAML always maps tasks with a loop (its CG and line search branch on values)
+        alg = IMAML(model, loss, lam=spec.get("lam", 2.0), inner_solver="gd" if name == "imaml-gd" else "newton_cg",
+                    inner_steps=steps, cg_steps=spec.get("cg_steps", 5), inner_lr=spec.get("inner_lr", lr))
     return alg, batch.to(device)
 
 
@@ -70,25 +79,30 @@ def _reset_peak_rss() -> int:
     return _status_kib("VmRSS") * 1024
 
 
-def _worker(spec, device_name, repeats, queue):
+def _worker(builder, spec, device_name, repeats, baseline, queue):
     try:
         torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
         device = torch.device(device_name)
-        alg, batch = build(spec, device)
+        alg, batch = builder(spec, device)
         cuda = device.type == "cuda"
+        warnings.simplefilter("ignore")  # a profile times the work; CG's accuracy warnings are not its business
+
+        def start_peak():
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats(device)
+                return torch.cuda.memory_allocated(device)
+            return _reset_peak_rss()
+
+        base = start_peak() if baseline == "before_warmup" else None
         times = []
-        for i in range(repeats + 1):  # the first run warms up (caches, allocator) and is not counted
+        for i in range(repeats + 1):  # the first run warms up (caches, allocator) and is not timed
             alg.model.zero_grad(set_to_none=True)
-            if i == 1:
-                if cuda:
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats(device)
-                    base = torch.cuda.memory_allocated(device)
-                else:
-                    base = _reset_peak_rss()
+            if i == 1 and base is None:
+                base = start_peak()
             tic = time.perf_counter()
             if callable(getattr(alg, "meta_gradient", None)):
-                alg.meta_gradient(batch)  # Reptile: no backward pass at all
+                alg.meta_gradient(batch)  # Reptile, iMAML: the algorithm computes its own direction
             else:
                 alg.meta_loss(batch).backward()
             if cuda:
@@ -101,21 +115,38 @@ def _worker(spec, device_name, repeats, queue):
         queue.put({"error": f"{type(err).__name__}: {err}"})
 
 
-def measure(spec: dict, device=None, repeats: int = 5) -> dict:
+def measure(spec: dict, device=None, repeats: int = 5, baseline: str = "after_warmup", builder=build) -> dict:
     """Median seconds and peak bytes of one meta-iteration for ``spec``.
 
     ``spec`` keys: model ("mlp" or "convnet"), meta_batch, shots, queries, ways (convnet),
-    algorithm ("maml", the default, or "reptile"), inner_steps, first_order, vectorise (True, the default: the vmap path; False; or "auto"),
+    algorithm (one of ``PROFILED``; default "maml"), inner_steps, inner_lr, first_order,
+    vectorise (True, the default: the vmap path; False; or "auto"), lam and cg_steps (iMAML),
     threads (optional).
+
+    ``baseline``: the peak is measured from just after a warm-up run ("after_warmup": memory the
+    allocator keeps from the warm-up is not counted again) or from just after building the model
+    and batch ("before_warmup": on the CPU a run's freed memory often stays with the allocator,
+    so this counts a whole meta-iteration's memory once). ``builder(spec, device)`` returns
+    ``(algorithm, batch)``; it must be a module-level function (it runs in a spawned process).
     """
     from .utils import default_device
 
+    if baseline not in ("after_warmup", "before_warmup"):
+        raise ValueError(f"baseline={baseline!r} is unknown: allowed 'after_warmup' or 'before_warmup'")
+    check_int("repeats", repeats, 1)
     device = torch.device(device) if device is not None else default_device()
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(dict(spec), str(device), repeats, queue))
+    results = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(builder, dict(spec), str(device), repeats, baseline, results))
     proc.start()
-    result = queue.get()
+    while True:  # poll, so that a worker killed from outside (no result sent) raises instead of hanging
+        try:
+            result = results.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"measuring {spec}: the worker process ended without a result "
+                                   f"(exit code {proc.exitcode})") from None
     proc.join()
     if "error" in result:
         raise RuntimeError(f"measuring {spec} failed: {result['error']}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .algorithms import LLAMA, MAML, Pretrained, Reptile
+from .algorithms import IMAML, LLAMA, MAML, Pretrained, Reptile
 from .budget import Budget, get_budget
 from .nn import MLP, ConvNet
 from .published import published
@@ -39,18 +39,26 @@ REPTILE_OMNIGLOT = {
 REPTILE_SINUSOID = dict(inner_lr=0.01, inner_optimizer="sgd", inner_steps=5, outer_step_size=1.0,
                         outer_step_size_final=0.0)
 EVAL_QUERIES = 15  # query drawings per class at evaluation (tighter intervals than the 1 of training)
-ALGORITHMS = ("maml", "fomaml", "pretrained", "reptile", "llama")
+ALGORITHMS = ("maml", "fomaml", "pretrained", "reptile", "llama", "imaml-gd", "imaml-hf")
 # LLAMA (Grant et al., 2018, section 5.2): MAML's hyperparameters plus tau = 0.001 and eta = 1e-6.
 LLAMA_PRIOR = dict(prior_precision=1e-3, eta=1e-6, curvature="kfac")
+# iMAML on Omniglot (Rajeswaran et al., 2019, section 5): lambda = 2, 5 CG steps for the meta-gradient;
+# the GD inner solver takes 16 steps (5-way). The paper gives no inner step size: 0.1 is ours, as
+# are the 3 Newton steps of the Hessian-free solver (5 CG steps each, with a line search).
+IMAML_OMNIGLOT = {"imaml-gd": dict(lam=2.0, cg_steps=5, inner_solver="gd", inner_steps=16, inner_lr=0.1),
+                  "imaml-hf": dict(lam=2.0, cg_steps=5, inner_solver="newton_cg", inner_steps=3)}
 
 
 def make_algorithm(name: str, model, loss_fn, inner_lr, inner_steps):
     """``maml``, ``fomaml`` (first-order MAML), ``pretrained`` (joint training, then fine-tuning) or
-    ``llama`` (MAML plus the Laplace term, the paper's prior). Reptile has recipes of its own."""
+    ``llama`` (MAML plus the Laplace term, the paper's prior), ``imaml-gd`` or ``imaml-hf`` (implicit
+    MAML with the Omniglot settings of ``IMAML_OMNIGLOT``). Reptile has recipes of its own."""
     if name not in ALGORITHMS:
         raise ValueError(f"algorithm {name!r} is unknown: allowed {', '.join(ALGORITHMS)}")
     if name == "pretrained":
         return Pretrained(model, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps)
+    if name in IMAML_OMNIGLOT:  # its own step counts: the proximal inner problem is solved, not unrolled
+        return IMAML(model, loss_fn, **IMAML_OMNIGLOT[name])
     if name == "llama":
         return LLAMA(model, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps, **LLAMA_PRIOR)
     if name == "reptile":
@@ -63,6 +71,8 @@ def sinusoid_run(algorithm: str = "maml", shots: int = 10, budget: Budget | str 
     """Meta-train on sinusoids with K = ``shots``; query MSE after each of ``eval_steps`` steps."""
     budget = budget if isinstance(budget, Budget) else get_budget(budget)
     torch.manual_seed(seed)
+    if algorithm in IMAML_OMNIGLOT:
+        raise ValueError(f"{algorithm} has no sinusoid recipe: its settings are Omniglot's (see chapter 5)")
     if algorithm == "reptile":
         alg = Reptile(MLP([1, 40, 40, 1]), F.mse_loss, **REPTILE_SINUSOID, seed=seed)
     else:
@@ -87,6 +97,8 @@ def omniglot_run(algorithm: str = "maml", ways: int = 5, shots: int = 1, budget:
     from .tasks import Omniglot  # imported here: reading Omniglot is only needed by this recipe
 
     if algorithm == "reptile":
+        if eval_steps:
+            raise ValueError("eval_steps is not used for Reptile: it adapts with its recipe's 50 steps")
         run = reptile_omniglot_run(ways, (shots,), budget, seed=seed, device=device, root=root, protocol=protocol,
                                    checkpoint=checkpoint, progress=progress, transductive=(False,))
         key = (shots, False)  # the paper's headline row is non-transductive
@@ -104,11 +116,12 @@ def omniglot_run(algorithm: str = "maml", ways: int = 5, shots: int = 1, budget:
     iterations = budget.omniglot_iterations if ways == 5 else budget.omniglot20_iterations
     history = meta_train(alg, train, iterations, meta_batch, outer_lr=hp["outer_lr"],
                          val_sampler=val, val_every=budget.val_every, val_tasks=budget.val_tasks,
-                         val_inner_steps=hp["eval_steps"], seed=seed, device=device, checkpoint=checkpoint,
+                         val_inner_steps=None if algorithm in IMAML_OMNIGLOT else hp["eval_steps"], seed=seed, device=device, checkpoint=checkpoint,
                          progress=progress, desc=f"{algorithm} omniglot {ways}-way {shots}-shot")
-    steps = sorted(set(eval_steps or ()) | {hp["eval_steps"]})
-    results = {k: evaluate(alg, test, budget.eval_tasks, inner_steps=k) for k in steps}
-    return {"algorithm": alg, "history": history, "result": results[hp["eval_steps"]], "results": results,
+    # iMAML adapts with its own solver settings (None); the MAML family with the paper's test-time steps.
+    test_steps = None if algorithm in IMAML_OMNIGLOT else hp["eval_steps"]
+    results = {k: evaluate(alg, test, budget.eval_tasks, inner_steps=k) for k in [*(eval_steps or ()), test_steps]}
+    return {"algorithm": alg, "history": history, "result": results[test_steps], "results": results,
             "published": published(algorithm, "omniglot", ways, shots)}
 
 
@@ -149,7 +162,7 @@ def reptile_omniglot_run(ways: int = 5, shots=(1, 5), budget: Budget | str | Non
     train = Omniglot(ways, train_shots, 1, "train", root=root, protocol=protocol)
     history = meta_train(alg, train, budget.reptile_iterations, meta_batch, seed=seed, device=device,
                          checkpoint=checkpoint, progress=progress, desc=f"reptile omniglot {ways}-way")
-    results, reference = {}, {}
+    results, reference, before = {}, {}, alg.transductive
     for k in shots:
         test = Omniglot(ways, k, EVAL_QUERIES, "test", root=root, protocol=protocol)
         for setting in transductive:
@@ -157,5 +170,5 @@ def reptile_omniglot_run(ways: int = 5, shots=(1, 5), budget: Budget | str | Non
             results[(k, setting)] = evaluate(alg, test, eval_tasks or budget.eval_tasks)
             name = "reptile-transductive" if setting else "reptile"
             reference[(k, setting)] = published(name, "omniglot", ways, k)
-    alg.transductive = False
+    alg.transductive = before
     return {"algorithm": alg, "history": history, "results": results, "published": reference}

@@ -120,7 +120,7 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
         state = torch.load(path, map_location=device, weights_only=True)
         algorithm.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())  # map_location may have moved it
         history, start = state["history"], state["iteration"]
 
     def save(iteration):

@@ -16,7 +16,8 @@ def test_book_builds_without_warnings(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     html = tmp_path / "_build" / "html"
     for page in ("book/intro.html", "notebooks/01_few_shot_learning.html", "notebooks/02_maml.html",
-                 "notebooks/03_reptile.html", "notebooks/04_hierarchical_bayes.html"):
+                 "notebooks/03_reptile.html", "notebooks/04_hierarchical_bayes.html",
+                 "notebooks/05_imaml.html"):
         assert (html / page).exists(), page
 
 

@@ -39,6 +39,7 @@ def test_reproduce_omniglot_has_published_figure(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["reproduce", "maml", "sinusoid", "--budget", "huge"], "budget 'huge' is unknown: allowed smoke, default, paper"),
     (["reproduce", "maml", "omniglot", "--ways", "7"], "ways=7 has no recipe: allowed 5, 20"),
+    (["reproduce", "imaml-gd", "sinusoid"], "imaml-gd has no sinusoid recipe"),
 ])
 def test_bad_input_exits_with_message(args, message):
     proc = run_cli(*args)

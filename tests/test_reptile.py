@@ -84,6 +84,17 @@ def test_expansion_error_shrinks_like_alpha_squared_on_a_network():
     assert all(1.7 < s < 2.3 for s in slopes), slopes
 
 
+def test_tasks_of_different_sizes_weigh_the_same():
+    """Per-task averages first: with 2 and 3 mini-batches the expansion still holds to O(alpha^2)."""
+    tasks = quadratic_tasks(minibatches=3)
+    tasks[0] = tasks[0][:2]
+    theta = {"w": torch.randn(4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))}
+    avg_grad, avg_inner = taylor.avg_grad_terms(quadratic_loss, theta, tasks)
+    exact = taylor.exact_gradients(quadratic_loss, theta, tasks, 1e-3, 2)
+    predicted = taylor.predicted_gradients(avg_grad, avg_inner, 1e-3, 2)
+    torch.testing.assert_close(exact["fomaml"]["w"], predicted["fomaml"]["w"], rtol=0, atol=1e-12)
+
+
 def test_taylor_bad_input():
     tasks = quadratic_tasks(minibatches=2)
     theta = {"w": torch.zeros(4, dtype=torch.float64)}
@@ -122,11 +133,17 @@ def test_batched_reptile_is_the_mean_of_serial_directions():
     # Serial: one task at a time, drawing the same mini-batch indices (same generator stream).
     reptile = make()
     indices = reptile.batch_indices(3, batch.support_x.shape[1], 4, 5, torch.Generator().manual_seed(7))
-    theta = params_of(model)
+    theta = {k: v.detach() for k, v in params_of(model).items()}
     serial = []
-    for i in range(3):
-        weights = reptile._inner(batch.support_x[i], batch.support_y[i], theta, 4, indices[i], None)[0]
-        serial.append({k: theta[k].detach() - weights[k].detach() for k in theta})
+    for i in range(3):  # plain SGD on each step's mini-batch, written out
+        weights = {k: v.clone() for k, v in theta.items()}
+        for step in range(4):
+            leaves = {k: v.requires_grad_() for k, v in weights.items()}
+            rows = indices[i, step]
+            loss = F.mse_loss(forward(model, leaves, batch.support_x[i][rows]), batch.support_y[i][rows])
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+            weights = {k: (v - 0.02 * g).detach() for (k, v), g in zip(leaves.items(), grads)}
+        serial.append({k: theta[k] - weights[k] for k in theta})
     for k in theta:
         torch.testing.assert_close(batched[k], torch.stack([s[k] for s in serial]).mean(0))
     # And a meta-batch of one task is serial Reptile.
@@ -153,15 +170,16 @@ def test_reptile_vmap_and_loop_agree_with_adam_and_minibatches():
         torch.testing.assert_close(d1[k], d2[k])
 
 
-def test_functional_adam_equals_torch_adam():
+@pytest.mark.parametrize("beta1", [0.0, 0.9])
+def test_functional_adam_equals_torch_adam(beta1):
     torch.manual_seed(0)
     model = MLP([1, 10, 1])
     x, y = torch.randn(8, 1), torch.randn(8, 1)
     theta = {k: v.detach().clone() for k, v in params_of(model).items()}
     ours = inner_loop(lambda p: F.mse_loss(forward(model, p, x), y), theta, 0.01, 5, first_order=True,
-                      vectorised=False, optimizer=Adam(betas=(0.0, 0.999)))
+                      vectorised=False, optimizer=Adam(betas=(beta1, 0.999)))
     reference = {k: torch.nn.Parameter(v.clone()) for k, v in theta.items()}
-    opt = torch.optim.Adam(reference.values(), lr=0.01, betas=(0.0, 0.999))
+    opt = torch.optim.Adam(reference.values(), lr=0.01, betas=(beta1, 0.999))
     for _ in range(5):
         opt.zero_grad()
         F.mse_loss(forward(model, reference, x), y).backward()
@@ -191,7 +209,8 @@ def test_outer_step_size_anneals_linearly_and_resume_is_exact(tmp_path):
 
     reptile = run()
     assert reptile.outer_lr_factor(0, 6) == pytest.approx(1.0)
-    assert reptile.outer_lr_factor(5, 6) * 0.8 == pytest.approx(0.2)
+    assert reptile.outer_lr_factor(3, 6) * 0.8 == pytest.approx(0.5)
+    assert reptile.outer_lr_factor(6, 6) * 0.8 == pytest.approx(0.2)  # reached at the end of the run
     path = tmp_path / "ckpt.pt"
     with pytest.raises(KeyboardInterrupt):
         run(path, stop_after=4)  # interrupted during iteration 5, after the checkpoint at 3 ...
@@ -201,15 +220,33 @@ def test_outer_step_size_anneals_linearly_and_resume_is_exact(tmp_path):
     torch.testing.assert_close(reptile.inner_state["t"], resumed.inner_state["t"])
 
 
-def test_evaluation_starts_from_a_fresh_inner_state():
+def test_meta_train_applies_the_annealed_step_size():
+    torch.manual_seed(0)
+    reptile = Reptile(MLP([1, 20, 1]), F.mse_loss, inner_lr=0.01, inner_steps=2, outer_step_size=0.8,
+                      outer_step_size_final=0.2)
+    batch = sinusoid_batch()
+    optimizer = torch.optim.SGD(reptile.parameters(), lr=0.8)
+    meta_train(reptile, _Fixed(batch), iterations=4, meta_batch=3, progress=False, optimizer=optimizer)
+    # The last of 4 iterations ran with eps = 0.8 * (1 + (0.2/0.8 - 1) * 3/4) = 0.35.
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.8 * reptile.outer_lr_factor(3, 4))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.35)
+
+
+def test_evaluation_starts_from_a_copy_of_the_carried_state():
     torch.manual_seed(0)
     reptile = Reptile(MLP([1, 20, 1]), F.mse_loss, inner_lr=0.01, inner_steps=3, inner_optimizer="adam")
     batch = sinusoid_batch()
-    before = reptile.predict(batch)
+    fresh = reptile.predict(batch)
     reptile.meta_gradient(batch)  # fills the carried Adam state ...
     assert reptile.inner_state is not None and reptile.inner_state["t"] == 3
-    reptile.inner_state = {k: v * 0 + 1e3 for k, v in reptile.inner_state.items()}
-    torch.testing.assert_close(reptile.predict(batch), before)  # ... which prediction ignores
+    saved = {k: v.clone() for k, v in reptile.inner_state.items()}
+    first = reptile.predict(batch)
+    assert not torch.allclose(first, fresh)  # ... which test-time adaptation starts from ...
+    torch.testing.assert_close(reptile.predict(batch), first)  # ... without changing it
+    for k in saved:
+        torch.testing.assert_close(reptile.inner_state[k], saved[k], rtol=0, atol=0)
+    reptile.carry_inner_state = False
+    torch.testing.assert_close(reptile.predict(batch), fresh)
 
 
 @pytest.mark.parametrize("kwargs, match", [

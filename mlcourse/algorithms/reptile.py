@@ -37,10 +37,12 @@ class Reptile(MetaLearner):
         sampling: "cycle" (shuffle, then consecutive mini-batches, reshuffling after each pass)
             or "replacement" (each mini-batch drawn independently).
         eval_inner_steps, eval_inner_batch: adaptation at test time (default: as in training).
-        carry_inner_state: with Adam, meta-training keeps its moment estimates across tasks, as
-            the paper's code does (the tasks of a meta-batch start from the same state, which is
-            then replaced by their average). Evaluation always starts from a fresh state, so no
-            information leaks between test tasks.
+        carry_inner_state: with Adam, meta-training keeps its moment estimates across tasks, and
+            every test task starts from a copy of them that is thrown away afterwards, so nothing
+            leaks between test tasks (the paper's code backs the state up and restores it). One
+            departure, for vmap: the paper runs a meta-batch's tasks one after another on one
+            state; here they start from the same state, which is then replaced by their average.
+            With ``False`` every task, in training and at test time, starts from a fresh state.
         seed: seeds the generator of the mini-batch indices (saved in ``state_dict``).
         vectorise, chunk_size, transductive: see :class:`MetaLearner`.
     """
@@ -79,8 +81,9 @@ class Reptile(MetaLearner):
         return torch.optim.SGD(params, lr=self.outer_step_size)
 
     def outer_lr_factor(self, iteration: int, iterations: int) -> float:
-        """Linear annealing of eps from ``outer_step_size`` to ``outer_step_size_final``."""
-        progress = iteration / max(iterations - 1, 1)
+        """Linear annealing of eps from ``outer_step_size`` towards ``outer_step_size_final``, reached
+        at the end of the run: iteration i of N uses the fraction i / N, as the paper's code does."""
+        progress = iteration / max(iterations, 1)
         final = self.outer_step_size_final / self.outer_step_size
         return 1.0 + (final - 1.0) * progress
 
@@ -109,7 +112,8 @@ class Reptile(MetaLearner):
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, params: Params | None = None,
               inner_steps: int | None = None, indices: torch.Tensor | None = None) -> Params:
-        """W = U^k(theta) on one task at test time: a fresh optimiser state, the evaluation settings."""
+        """W = U^k(theta) on one task at test time, with the evaluation settings; the inner optimiser
+        starts from a copy of the carried state (or a fresh one), which is then discarded."""
         params = self.meta_parameters() if params is None else params
         steps = self.eval_inner_steps if inner_steps is None else check_int("inner_steps", inner_steps, 0)
         if indices is None and self.eval_inner_batch is not None:
@@ -117,7 +121,12 @@ class Reptile(MetaLearner):
             indices = self.batch_indices(1, support_x.shape[0], steps, self.eval_inner_batch, generator)
             indices = None if indices is None else indices[0]
         with torch.no_grad():
-            return self._inner(support_x, support_y, params, steps, indices, None)[0]
+            return self._inner(support_x, support_y, params, steps, indices, self._start_state(params))[0]
+
+    def _start_state(self, params: Params):
+        if self.carry_inner_state and self.inner_state is not None:
+            return self.inner_state  # inner_loop is functional: the carried state itself is never changed
+        return self.inner_optimizer.init(params)
 
     def predict(self, batch: TaskBatch, inner_steps: int | None = None) -> torch.Tensor:
         """Adapt to each support set (fixed mini-batch order, so predictions are repeatable), score queries."""
@@ -139,8 +148,7 @@ class Reptile(MetaLearner):
     def meta_gradient(self, batch: TaskBatch):
         """(mean query loss of the W_i, {name: theta - mean_i W_i}): Algorithm 2's update direction."""
         theta = {k: v.detach() for k, v in self.meta_parameters().items()}
-        start = self.inner_state if (self.carry_inner_state and self.inner_state is not None) else \
-            self.inner_optimizer.init(theta)
+        start = self._start_state(theta)
         indices = self.batch_indices(batch.num_tasks, batch.support_x.shape[1], self.inner_steps,
                                      self.inner_batch, self.generator)
         indices = None if indices is None else indices.to(batch.support_x.device)
@@ -166,5 +174,5 @@ class Reptile(MetaLearner):
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint loaded onto a GPU moved it
         self.inner_state = dict(state["inner_state"]) if "inner_state" in state else None

@@ -64,11 +64,11 @@ def avg_grad_terms(loss_of: Callable, theta: Params, tasks: Sequence[Sequence]) 
     _check_tasks(tasks, 2)
     theta = {k: v.detach() for k, v in theta.items()}
     grads, inners = [], []
-    for minibatches in tasks:
+    for minibatches in tasks:  # average within each task, then over tasks (each task weighs the same)
         g = [torch.func.grad(lambda p, b=b: loss_of(p, b))(theta) for b in minibatches]
-        grads += g
-        for i, j in permutations(range(len(minibatches)), 2):  # Hbar_j gbar_i, i != j
-            inners.append(_hvp(lambda p, b=minibatches[j]: loss_of(p, b), theta, g[i]))
+        grads.append(_mean(g))
+        inners.append(_mean([_hvp(lambda p, b=minibatches[j]: loss_of(p, b), theta, g[i])  # Hbar_j gbar_i
+                             for i, j in permutations(range(len(minibatches)), 2)]))
     return _mean(grads), _mean(inners)
 
 
@@ -102,13 +102,16 @@ def exact_gradients(loss_of: Callable, theta: Params, tasks: Sequence[Sequence],
     """E[g] for MAML, FOMAML and Reptile: the mean over tasks and over all ordered k-tuples of
     distinct mini-batches of each task (the expectation the expansion is taken under)."""
     _check_tasks(tasks, k)
-    per_sequence = {name: [] for name in ALGORITHMS}
-    for minibatches in tasks:
+    per_task = {name: [] for name in ALGORITHMS}
+    for minibatches in tasks:  # as in avg_grad_terms: within each task first, then over tasks
+        per_sequence = {name: [] for name in ALGORITHMS}
         for order in permutations(range(len(minibatches)), k):
             grads = sequence_gradients(loss_of, theta, [minibatches[i] for i in order], inner_lr)
             for name in ALGORITHMS:
                 per_sequence[name].append(grads[name])
-    return {name: _mean(per_sequence[name]) for name in ALGORITHMS}
+        for name in ALGORITHMS:
+            per_task[name].append(_mean(per_sequence[name]))
+    return {name: _mean(per_task[name]) for name in ALGORITHMS}
 
 
 def flat(params: Params) -> torch.Tensor:

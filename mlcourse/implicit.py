@@ -1,0 +1,231 @@
+"""Implicit differentiation tools: Hessian-vector products and conjugate gradient over parameter dicts.
+
+Implicit MAML (Rajeswaran et al., 2019) needs, per task, the solution g of the linear system
+
+    (I + H / lambda) g = v,     H = grad^2 L_tr(phi),  v = grad L_test(phi)        (iMAML eq. 7)
+
+without ever forming H (a P x P matrix for P parameters). Conjugate gradient solves it with one
+Hessian-vector product H u per iteration, and an HVP costs a few gradient evaluations:
+
+* double backward (reverse-over-reverse): differentiate <grad L(phi), u> once more; the graph of
+  grad L(phi) can be built once and reused for every u (:func:`hvp_operator` does);
+* forward-over-reverse: ``torch.func.jvp`` of ``torch.func.grad(L)`` along u.
+
+Which is faster depends on the model and the machine: :func:`time_hvp` measures it, and
+``DEFAULT_HVP`` holds the winner measured on this course's 2-core CPU (numbers in its comment).
+Parameters are dicts ``{name: tensor}`` keyed like ``model.named_parameters()``.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import warnings
+from typing import Callable, Dict, Tuple
+
+import torch
+from torch.func import grad as func_grad
+from torch.func import jvp
+
+from .tasks.base import check_int
+
+Params = Dict[str, torch.Tensor]
+
+# Measured with ``time_hvp`` (one thread, torch 2.14 CPU; a 5-way 1-shot support set of 5 images, a
+# sinusoid support set of 10 points), milliseconds per Hessian-vector product within a 5-product solve:
+#   Omniglot conv net:  double backward, graph reused 6.8 | fresh double backward 10.1 | forward-over-reverse 13.2
+#   sinusoid MLP:       double backward, graph reused 0.25 | fresh double backward 0.40 | forward-over-reverse 1.45
+# (the notebook of chapter 5 re-measures them). Reverse-over-reverse with the gradient graph built
+# once per solve wins on both, so it is the default.
+DEFAULT_HVP = "double_backward"
+HVP_METHODS = ("double_backward", "forward_over_reverse")
+
+
+class CGNotConvergedWarning(UserWarning):
+    """Conjugate gradient stopped (iteration cap or non-positive curvature) above its tolerance."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Dict arithmetic (parameters, gradients and CG vectors are all dicts of tensors)
+
+def dot(a: Params, b: Params) -> torch.Tensor:
+    """<a, b> summed over every tensor of the dicts."""
+    return sum((a[k] * b[k]).sum() for k in a)
+
+
+def norm(a: Params) -> torch.Tensor:
+    return torch.sqrt(dot(a, a))
+
+
+def axpy(alpha, x: Params, y: Params) -> Params:
+    """alpha * x + y."""
+    return {k: alpha * x[k] + y[k] for k in y}
+
+
+def flatten(a: Params) -> torch.Tensor:
+    return torch.cat([v.reshape(-1) for v in a.values()])
+
+
+def unflatten(flat: torch.Tensor, like: Params) -> Params:
+    out, i = {}, 0
+    for k, v in like.items():
+        out[k] = flat[i:i + v.numel()].view_as(v)
+        i += v.numel()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Hessian-vector products of a scalar loss_of(params)
+
+def _leaves(params: Params) -> Params:
+    return {k: v.detach().requires_grad_() for k, v in params.items()}
+
+
+def hvp_double_backward(loss_of: Callable[[Params], torch.Tensor], params: Params, v: Params) -> Params:
+    """H(params) v by reverse-over-reverse: grad_phi <grad_phi L(phi), v>. No graph is kept."""
+    return hvp_operator(loss_of, params, "double_backward")(v)
+
+
+def hvp_forward_over_reverse(loss_of: Callable[[Params], torch.Tensor], params: Params, v: Params) -> Params:
+    """H(params) v by forward-over-reverse: the directional derivative of grad L along v (jvp)."""
+    primals = {k: t.detach() for k, t in params.items()}
+    tangents = {k: v[k].detach().to(primals[k].dtype) for k in primals}
+    try:
+        with torch.enable_grad():
+            _, out = jvp(func_grad(loss_of), (primals,), (tangents,))
+    except RuntimeError as err:
+        if "ZeroTensor" not in str(err):
+            raise
+        raise RuntimeError(
+            "forward-over-reverse failed inside the loss's double backward (PyTorch issue 123996: "
+            "F.mse_loss(reduction='mean') under jvp of grad); write the loss from primitive ops, e.g. "
+            "((out - y) ** 2).mean(), or use method='double_backward'") from err
+    return {k: t.detach() for k, t in out.items()}
+
+
+def hvp(loss_of: Callable[[Params], torch.Tensor], params: Params, v: Params, method: str = DEFAULT_HVP) -> Params:
+    """H(params) v, the Hessian of ``loss_of`` at ``params`` times ``v``, by ``method`` (see HVP_METHODS)."""
+    return hvp_operator(loss_of, params, method)(v)
+
+
+def hvp_operator(loss_of: Callable[[Params], torch.Tensor], params: Params, method: str = DEFAULT_HVP):
+    """A function u -> H(params) u for repeated products at one point (as CG needs).
+
+    ``double_backward`` builds the graph of grad L(params) once and reuses it for every u;
+    ``forward_over_reverse`` runs one jvp of grad L per u. Results are detached: nothing here is
+    differentiated further (iMAML's meta-gradient needs H u only as a number).
+    """
+    if method not in HVP_METHODS:
+        raise ValueError(f"method={method!r} is unknown: allowed {', '.join(HVP_METHODS)}")
+    if method == "forward_over_reverse":
+        return lambda u: hvp_forward_over_reverse(loss_of, params, u)
+    return gradient_and_hvp(loss_of, params)[2]
+
+
+def gradient_and_hvp(loss_of: Callable[[Params], torch.Tensor], params: Params):
+    """``(loss, gradient, u -> H u)`` at ``params``, all detached; the products reuse the graph of
+    the gradient (double backward), so a solve pays one gradient-with-graph plus one backward per product."""
+    leaves = _leaves(params)
+    with torch.enable_grad():
+        loss = loss_of(leaves)
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
+    names = list(leaves)
+
+    def product(u: Params) -> Params:
+        with torch.enable_grad():
+            out = torch.autograd.grad(grads, list(leaves.values()), [u[k].detach() for k in names],
+                                      retain_graph=True, allow_unused=True)
+        return {k: (torch.zeros_like(leaves[k]) if o is None else o.detach()) for k, o in zip(names, out)}
+
+    return loss.detach(), {k: g.detach() for k, g in zip(names, grads)}, product
+
+
+def explicit_hessian(loss_of: Callable[[Params], torch.Tensor], params: Params) -> torch.Tensor:
+    """The dense P x P Hessian of ``loss_of`` at ``params`` (flattened in dict order): for checks only."""
+    like = {k: v.detach() for k, v in params.items()}
+    flat = flatten(like)
+    return torch.autograd.functional.hessian(lambda f: loss_of(unflatten(f, like)), flat)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conjugate gradient
+
+def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, max_iters: int, tol: float = 1e-10,
+                       x0: Params | None = None, warn: bool = True) -> Tuple[Params, int, float]:
+    """Solve A x = b for a symmetric positive-definite A given only ``matvec(u) = A u``.
+
+    CG minimises the quadratic q(x) = 1/2 x^T A x - b^T x (whose gradient is A x - b), moving
+    along A-conjugate directions; in exact arithmetic it is exact after P iterations and, after
+    k, its error shrinks like ((sqrt(kappa) - 1) / (sqrt(kappa) + 1))^k for condition number kappa.
+
+    Stops when the relative residual ||b - A x|| / ||b|| <= ``tol`` or after ``max_iters``
+    iterations, or earlier if a direction of non-positive curvature p^T A p <= 0 shows up (A is
+    then not positive definite). Returns ``(x, iterations used, final relative residual)``.
+    If it stops above ``tol`` and ``warn`` is set, it warns (CGNotConvergedWarning) with the
+    residual, so a truncated solve is never silent.
+    """
+    check_int("max_iters", max_iters, 1)
+    if not (tol >= 0):
+        raise ValueError(f"tol={tol!r} is out of range: allowed a number >= 0")
+    b = {k: v.detach() for k, v in b.items()}
+    b_norm = norm(b).item()
+    if b_norm == 0.0:
+        return {k: torch.zeros_like(v) for k, v in b.items()}, 0, 0.0
+    if x0 is None:
+        x = {k: torch.zeros_like(v) for k, v in b.items()}
+        r = dict(b)
+    else:
+        x = {k: v.detach().clone() for k, v in x0.items()}
+        r = axpy(-1.0, matvec(x), b)
+    p = dict(r)
+    rs = dot(r, r)
+    iters, reason = 0, "iteration cap"
+    while iters < max_iters and math.sqrt(rs.item()) > tol * b_norm:
+        Ap = matvec(p)
+        curvature = dot(p, Ap)
+        if curvature.item() <= 0:
+            reason = f"non-positive curvature p^T A p = {curvature.item():.3g}"
+            break
+        step = rs / curvature
+        x = axpy(step, p, x)
+        r = axpy(-step, Ap, r)
+        rs_new = dot(r, r)
+        p = axpy(rs_new / rs, p, r)
+        rs = rs_new
+        iters += 1
+    residual = math.sqrt(rs.item()) / b_norm
+    if warn and residual > tol:
+        warnings.warn(f"conjugate gradient stopped ({reason}) after {iters} iterations with relative "
+                      f"residual {residual:.3g} > tol={tol:g}", CGNotConvergedWarning, stacklevel=2)
+    return x, iters, residual
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+def time_hvp(loss_of: Callable[[Params], torch.Tensor], params: Params, repeats: int = 20,
+             cg_iters: int = 5) -> Dict[str, float]:
+    """Seconds per Hessian-vector product within a ``cg_iters``-product solve, for each method.
+
+    ``double_backward (graph reused)`` pays one gradient-with-graph per solve and then one
+    backward per product; ``double_backward (fresh)`` and ``forward_over_reverse`` pay their
+    full cost per product. Median over ``repeats`` solves.
+    """
+    g = torch.Generator().manual_seed(0)
+    v = {k: torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device) for k, t in params.items()}
+    runs = {
+        "double_backward (graph reused)": lambda: [op(v) for op in [hvp_operator(loss_of, params, "double_backward")]
+                                                   for _ in range(cg_iters)],
+        "double_backward (fresh)": lambda: [hvp_double_backward(loss_of, params, v) for _ in range(cg_iters)],
+        "forward_over_reverse": lambda: [hvp_forward_over_reverse(loss_of, params, v) for _ in range(cg_iters)],
+    }
+    out = {}
+    for name, run in runs.items():
+        run()  # warm-up
+        times = []
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - tic)
+        out[name] = statistics.median(times) / cg_iters
+    return out
