@@ -28,22 +28,11 @@ from typing import Callable, Sequence
 import torch
 
 from ..functional import Params, inner_loop
+from ..implicit import flatten as flat  # one vector from a parameter dict (norms, plots)
+from ..implicit import gradient_and_hvp
 from ..tasks.base import check_int, check_positive
 
 ALGORITHMS = ("maml", "fomaml", "reptile")
-
-
-def _hvp(loss: Callable[[Params], torch.Tensor], params: Params, vector: Params) -> Params:
-    """H(params) v by differentiating g(params) . v once more (double backward; never forms H).
-
-    Double backward rather than torch.func's forward-over-reverse, which fails with "ZeroTensors
-    are immutable" on some losses in torch 2.14.
-    """
-    with torch.enable_grad():
-        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-        grads = torch.autograd.grad(loss(leaves), list(leaves.values()), create_graph=True)
-        dot = sum((g * vector[k]).sum() for g, k in zip(grads, leaves))
-        return dict(zip(leaves, torch.autograd.grad(dot, list(leaves.values()))))
 
 
 def _mean(dicts: list[Params]) -> Params:
@@ -65,10 +54,10 @@ def avg_grad_terms(loss_of: Callable, theta: Params, tasks: Sequence[Sequence]) 
     theta = {k: v.detach() for k, v in theta.items()}
     grads, inners = [], []
     for minibatches in tasks:  # average within each task, then over tasks (each task weighs the same)
-        g = [torch.func.grad(lambda p, b=b: loss_of(p, b))(theta) for b in minibatches]
-        grads.append(_mean(g))
-        inners.append(_mean([_hvp(lambda p, b=minibatches[j]: loss_of(p, b), theta, g[i])  # Hbar_j gbar_i
-                             for i, j in permutations(range(len(minibatches)), 2)]))
+        # gbar_j and v -> Hbar_j v for every mini-batch j (the graph of each gradient is reused)
+        terms = [gradient_and_hvp(lambda p, b=b: loss_of(p, b), theta)[1:] for b in minibatches]
+        grads.append(_mean([g for g, _ in terms]))
+        inners.append(_mean([terms[j][1](terms[i][0]) for i, j in permutations(range(len(minibatches)), 2)]))
     return _mean(grads), _mean(inners)
 
 
@@ -112,8 +101,3 @@ def exact_gradients(loss_of: Callable, theta: Params, tasks: Sequence[Sequence],
         for name in ALGORITHMS:
             per_task[name].append(_mean(per_sequence[name]))
     return {name: _mean(per_task[name]) for name in ALGORITHMS}
-
-
-def flat(params: Params) -> torch.Tensor:
-    """One vector from a parameter dict (for norms and plots)."""
-    return torch.cat([v.detach().flatten() for v in params.values()])
