@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .functional import Params, forward
-from .tasks.base import check_int, check_positive
+from .utils import check_int, check_positive
 
 LOG_2PI = math.log(2 * math.pi)
 CURVATURES = ("kfac", "diagonal")

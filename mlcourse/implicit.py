@@ -27,7 +27,7 @@ import torch
 from torch.func import grad as func_grad
 from torch.func import jvp
 
-from .tasks.base import check_int
+from .utils import check_int
 
 Params = Dict[str, torch.Tensor]
 

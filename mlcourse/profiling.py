@@ -19,7 +19,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .tasks.base import TaskBatch, check_int
+from .utils import check_int
+from .tasks.base import TaskBatch
 
 SINUSOID_SPEC = dict(model="mlp", meta_batch=25, shots=10, queries=10)
 OMNIGLOT_SPEC = dict(model="convnet", meta_batch=32, ways=5, shots=1, queries=15)

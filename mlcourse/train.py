@@ -9,8 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .tasks.base import check_int, check_positive
-from .utils import default_device
+from .utils import check_int, check_positive, default_device
 
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from ..functional import Params, inner_loop
-from ..tasks.base import TaskBatch, check_int, check_positive
+from ..utils import check_int, check_positive
+from ..tasks.base import TaskBatch
 from .base import MetaLearner
 
 

@@ -10,7 +10,8 @@ from torch import nn
 from ..functional import Params, forward, inner_loop
 from ..implicit import (DEFAULT_HVP, HVP_METHODS, CGNotConvergedWarning, axpy, conjugate_gradient, dot,
                         gradient_and_hvp, hvp_operator)
-from ..tasks.base import TaskBatch, check_int, check_positive
+from ..utils import check_int, check_positive
+from ..tasks.base import TaskBatch
 from .base import MetaLearner
 
 INNER_SOLVERS = ("gd", "newton_cg")

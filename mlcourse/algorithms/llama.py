@@ -20,7 +20,8 @@ from torch import nn
 
 from ..bayes import CURVATURES, laplace_logdet, sample_laplace_posterior
 from ..functional import Params, forward, inner_loop
-from ..tasks.base import TaskBatch, check_int, check_positive
+from ..utils import check_int, check_positive
+from ..tasks.base import TaskBatch
 from .base import MetaLearner
 
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tasks.base import TaskBatch, check_int, check_positive
+from ..utils import check_int, check_positive
+from ..tasks.base import TaskBatch
 
 
 def line_tasks(normals, offsets) -> TaskBatch:

@@ -30,7 +30,7 @@ import torch
 from ..functional import Params, inner_loop
 from ..implicit import flatten as flat  # one vector from a parameter dict (norms, plots)
 from ..implicit import gradient_and_hvp
-from ..tasks.base import check_int, check_positive
+from ..utils import check_int, check_positive
 
 ALGORITHMS = ("maml", "fomaml", "reptile")
 

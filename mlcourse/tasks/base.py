@@ -1,9 +1,11 @@
-"""Episodes: the `TaskBatch` every sampler returns, and argument checks shared by samplers."""
+"""Episodes: the `TaskBatch` every sampler returns, and the episode helpers samplers share."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
 import torch
+
+from ..utils import check_int
 
 
 @dataclass
@@ -37,26 +39,39 @@ class TaskBatch:
         return iter(getattr(self, f.name) for f in fields(self))
 
 
-def check_int(name: str, value, low: int, high: int | None = None, why: str = "") -> int:
-    """Return ``value`` as an int, or raise ValueError naming it and the allowed range."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in {low}..{high}"
-        extra = f" ({why})" if why else ""
-        raise ValueError(f"{name}={value} is out of range: allowed {allowed}{extra}")
-    return value
+def check_episode(ways, shots, queries, num_classes: int, per_class: int, split: str, unit: str = "drawings"):
+    """Raise ValueError unless an episode of this shape can be drawn from the split."""
+    check_int("ways", ways, 1, num_classes, why=f"classes in the {split!r} split")
+    check_int("shots", shots, 1, per_class - 1, why=f"{per_class} {unit} per class, and queries need some")
+    check_int("queries", queries, 1, per_class - 1, why=f"{per_class} {unit} per class, and shots need some")
+    if shots + queries > per_class:
+        raise ValueError(
+            f"shots+queries={shots + queries} (shots={shots}, queries={queries}) is out of range: "
+            f"allowed in 2..{per_class} ({unit} per class)"
+        )
 
 
-def check_positive(name: str, value) -> float:
-    """Return ``value`` as a float, or raise ValueError if it is not a finite number > 0."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not (v > 0) or v == float("inf"):
-        raise ValueError(f"{name}={value!r} is out of range: allowed a finite number > 0")
-    return v
+def episode_indices(num_classes: int, per_class: int, ways: int, n_draw: int, meta_batch: int,
+                     generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random classes (T, ways), distinct per task, and drawings (T, ways, n_draw), distinct per class.
+
+    A random permutation per row is the argsort of uniforms: vectorised over tasks and classes.
+    """
+    classes = torch.rand(meta_batch, num_classes, generator=generator).argsort(dim=1)[:, :ways]
+    draws = torch.rand(meta_batch, ways, per_class, generator=generator).argsort(dim=2)[..., :n_draw]
+    return classes, draws
+
+
+def episodes_from(x: torch.Tensor, ways: int, shots: int, queries: int) -> TaskBatch:
+    """(T, ways, shots+queries, *x_shape) uint8 -> TaskBatch of float32 in [0, 1], class-major."""
+    meta_batch, x_shape = x.shape[0], x.shape[3:]
+    x = x.float().div_(255.0)
+    support_x = x[:, :, :shots].reshape(meta_batch, ways * shots, *x_shape)
+    query_x = x[:, :, shots:].reshape(meta_batch, ways * queries, *x_shape)
+    labels = torch.arange(ways)
+    support_y = labels.repeat_interleave(shots).expand(meta_batch, -1).clone()
+    query_y = labels.repeat_interleave(queries).expand(meta_batch, -1).clone()
+    return TaskBatch(support_x.contiguous(), support_y, query_x.contiguous(), query_y)
 
 
 class SharedTail:

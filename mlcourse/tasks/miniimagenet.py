@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from .base import TaskBatch, check_int
-from .omniglot import _check_episode, _episodes_from, data_root
+from ..utils import check_int
+from .base import TaskBatch, check_episode, episodes_from
+from .omniglot import data_root
 
 __all__ = ["MiniImageNet", "SPLITS", "read_split"]
 
@@ -97,7 +98,7 @@ class MiniImageNet:
         self.files: list[list[str]] = [classes[c] for c in self.class_names]
         self.num_classes = len(self.class_names)
         per_class = min(len(f) for f in self.files)
-        _check_episode(ways, shots, queries, self.num_classes, per_class, split, unit="images")
+        check_episode(ways, shots, queries, self.num_classes, per_class, split, unit="images")
 
         self.split, self.ways, self.shots, self.queries = split, ways, shots, queries
         self.image_size = image_size
@@ -175,7 +176,7 @@ class MiniImageNet:
         for t in range(meta_batch):
             for i, c in enumerate(classes[t].tolist()):
                 x[t, i] = self.class_images(c)[draws[t, i]]
-        return _episodes_from(x, self.ways, self.shots, self.queries)
+        return episodes_from(x, self.ways, self.shots, self.queries)
 
     def __repr__(self) -> str:
         return (f"MiniImageNet(split={self.split!r}, ways={self.ways}, shots={self.shots}, "

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from .base import TaskBatch, check_int
+from ..utils import check_int
+from .base import TaskBatch, check_episode, episode_indices, episodes_from
 
 __all__ = [
     "ARCHIVES",
@@ -326,41 +327,6 @@ def _rotations(images: torch.Tensor) -> torch.Tensor:
     return rotated.reshape(-1, *images.shape[1:])
 
 
-def _check_episode(ways, shots, queries, num_classes: int, per_class: int, split: str, unit: str = "drawings"):
-    """Raise ValueError unless an episode of this shape can be drawn from the split."""
-    check_int("ways", ways, 1, num_classes, why=f"classes in the {split!r} split")
-    check_int("shots", shots, 1, per_class - 1, why=f"{per_class} {unit} per class, and queries need some")
-    check_int("queries", queries, 1, per_class - 1, why=f"{per_class} {unit} per class, and shots need some")
-    if shots + queries > per_class:
-        raise ValueError(
-            f"shots+queries={shots + queries} (shots={shots}, queries={queries}) is out of range: "
-            f"allowed in 2..{per_class} ({unit} per class)"
-        )
-
-
-def _episode_indices(num_classes: int, per_class: int, ways: int, n_draw: int, meta_batch: int,
-                     generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random classes (T, ways), distinct per task, and drawings (T, ways, n_draw), distinct per class.
-
-    A random permutation per row is the argsort of uniforms: vectorised over tasks and classes.
-    """
-    classes = torch.rand(meta_batch, num_classes, generator=generator).argsort(dim=1)[:, :ways]
-    draws = torch.rand(meta_batch, ways, per_class, generator=generator).argsort(dim=2)[..., :n_draw]
-    return classes, draws
-
-
-def _episodes_from(x: torch.Tensor, ways: int, shots: int, queries: int) -> TaskBatch:
-    """(T, ways, shots+queries, *x_shape) uint8 -> TaskBatch of float32 in [0, 1], class-major."""
-    meta_batch, x_shape = x.shape[0], x.shape[3:]
-    x = x.float().div_(255.0)
-    support_x = x[:, :, :shots].reshape(meta_batch, ways * shots, *x_shape)
-    query_x = x[:, :, shots:].reshape(meta_batch, ways * queries, *x_shape)
-    labels = torch.arange(ways)
-    support_y = labels.repeat_interleave(shots).expand(meta_batch, -1).clone()
-    query_y = labels.repeat_interleave(queries).expand(meta_batch, -1).clone()
-    return TaskBatch(support_x.contiguous(), support_y, query_x.contiguous(), query_y)
-
-
 class Omniglot:
     """N-way K-shot Omniglot tasks from one split (see the module docstring for the protocols).
 
@@ -394,7 +360,7 @@ class Omniglot:
         if len(indices) == 0:
             raise ValueError(f"the {split!r} split is empty (num_val_characters={num_val_characters})")
         num_classes = 4 * len(indices)
-        _check_episode(ways, shots, queries, num_classes, DRAWINGS_PER_CHARACTER, split)
+        check_episode(ways, shots, queries, num_classes, DRAWINGS_PER_CHARACTER, split)
 
         data = load_omniglot(root, download=download)
         self.split, self.protocol = split, protocol
@@ -412,7 +378,7 @@ class Omniglot:
         shots+queries), distinct within a class, the first ``shots`` of them for the support set.
         """
         check_int("meta_batch", meta_batch, 1)
-        return _episode_indices(self.num_classes, DRAWINGS_PER_CHARACTER, self.ways,
+        return episode_indices(self.num_classes, DRAWINGS_PER_CHARACTER, self.ways,
                                 self.shots + self.queries, meta_batch, generator)
 
     def sample(self, meta_batch: int, generator: torch.Generator | None = None) -> TaskBatch:
@@ -426,7 +392,7 @@ class Omniglot:
         """
         classes, draws = self.sample_indices(meta_batch, generator)
         x = self.images[classes.unsqueeze(-1), draws]  # (T, ways, shots+queries, 1, 28, 28)
-        return _episodes_from(x, self.ways, self.shots, self.queries)
+        return episodes_from(x, self.ways, self.shots, self.queries)
 
     def __repr__(self) -> str:
         return (f"Omniglot(split={self.split!r}, protocol={self.protocol!r}, ways={self.ways}, "
