@@ -2,94 +2,150 @@
 
     python -m mlcourse reproduce maml omniglot --ways 5 --shots 1 --budget paper --out result.json
     python -m mlcourse reproduce fomaml sinusoid --shots 10
+    python -m mlcourse reproduce maml omniglot --iterations 5000 --checkpoint runs/maml.pt
     python -m mlcourse download omniglot --root ~/data
+
+Every argument is checked, and the output file's folder made, before the first meta-iteration.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shlex
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from .budget import BUDGETS, get_budget
-from .recipes import ALGORITHMS, omniglot_run, sinusoid_run
+from .recipes import BENCHMARKS, METHODS, run
 from .utils import default_device
 
 
+def _check_writable(out: str) -> Path:
+    """Make the output's folder and prove it can be written now, not after hours of training."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a folder: give a file name, e.g. {path / 'result.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {out} cannot be written ({err.strerror}): choose another path") from None
+    return path
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
 def _reproduce(args) -> dict:
+    from . import __version__
+
     budget = get_budget(args.budget)
     device = torch.device(args.device) if args.device else default_device()
+    out = _check_writable(args.out) if args.out else None
     tic = time.perf_counter()
+    ways = None if args.benchmark == "sinusoid" else args.ways
+    result = run(args.algorithm, args.benchmark, ways, args.shots, budget, seed=args.seed, device=device,
+                 root=args.data_root, protocol=args.protocol, checkpoint=args.checkpoint,
+                 checkpoint_every=args.checkpoint_every, restart=args.force_restart,
+                 eval_steps=(1, 10) if args.benchmark == "sinusoid" else (), iterations=args.iterations,
+                 meta_batch=args.meta_batch)
+    history = result["history"]
     record = {"algorithm": args.algorithm, "benchmark": args.benchmark, "shots": args.shots,
-              "budget": budget.as_dict(), "seed": args.seed, "device": str(device),
-              "torch": torch.__version__, "python": platform.python_version()}
+              "budget": budget.as_dict(), "seed": args.seed, "device": str(device), "hardware": _hardware(device),
+              "torch": torch.__version__, "python": platform.python_version(), "mlcourse": __version__,
+              "command": "python -m mlcourse " + shlex.join(args.argv), "settings": result["settings"],
+              "iterations": len(history["loss"]), "meta_batch": result["meta_batch"],
+              "checkpoint": args.checkpoint}
+    r = result["result"]
     if args.benchmark == "omniglot":
-        run = omniglot_run(args.algorithm, args.ways, args.shots, budget, seed=args.seed, device=device,
-                           root=args.data_root, protocol=args.protocol, checkpoint=args.checkpoint)
-        r = run["result"]
-        record.update(ways=args.ways, protocol=args.protocol, metric="accuracy_percent",
-                      mean=100 * r["mean"], ci95=100 * r["ci95"], test_tasks=r["num_tasks"],
-                      published=run["published"])
+        record.update(ways=args.ways, protocol=args.protocol, metric="accuracy_percent", mean=100 * r["mean"],
+                      ci95=100 * r["ci95"], test_tasks=r["num_tasks"], published=result["published"])
     else:
-        run = sinusoid_run(args.algorithm, args.shots, budget, seed=args.seed, device=device,
-                           checkpoint=args.checkpoint)
         record.update(metric="mse", results={str(k): {"mean": v["mean"], "ci95": v["ci95"]}
-                                              for k, v in run["results"].items()},
-                      test_tasks=budget.eval_tasks, published=None)
-    record["iterations"] = len(run["history"]["loss"])
-    record["final_meta_loss"] = run["history"]["loss"][-1] if run["history"]["loss"] else None
+                                              for k, v in result["results"].items()},
+                      test_tasks=r["num_tasks"], published=None)
+    record["final_meta_loss"] = history["loss"][-1] if history["loss"] else None
+    record["train_seconds"] = history["seconds"]
     record["seconds"] = time.perf_counter() - tic
+    if out is not None:
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {out}", file=sys.stderr)
     return record
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mlcourse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    rep = sub.add_parser("reproduce", help="train and evaluate one algorithm on one benchmark; write JSON")
-    rep.add_argument("algorithm", choices=ALGORITHMS)
-    rep.add_argument("benchmark", choices=("omniglot", "sinusoid"))
+    rep = sub.add_parser("reproduce", help="train and evaluate one method on one benchmark; write JSON")
+    rep.add_argument("algorithm", choices=METHODS, help="a method of the recipe table (mlcourse/recipes.py)")
+    rep.add_argument("benchmark", choices=BENCHMARKS)
     rep.add_argument("--ways", type=int, default=5)
     rep.add_argument("--shots", type=int, default=None, help="K (default: 1 for omniglot, 10 for sinusoid)")
     rep.add_argument("--budget", default=None, help=f"one of {', '.join(BUDGETS)} (default: $MLCOURSE_BUDGET or default)")
+    rep.add_argument("--iterations", type=int, default=None, help="meta-iterations (default: the budget's)")
+    rep.add_argument("--meta-batch", type=int, default=None, help="tasks per meta-iteration (default: the recipe's)")
     rep.add_argument("--seed", type=int, default=0)
     rep.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda when available)")
     rep.add_argument("--data-root", default=None, help="folder holding omniglot/ (default: $MLCOURSE_DATA)")
     rep.add_argument("--protocol", default="maml", choices=("maml", "lake"))
-    rep.add_argument("--checkpoint", default=None, help="save here periodically, and resume from it if it exists")
-    rep.add_argument("--out", default=None, help="write the result as JSON here (default: print it)")
+    rep.add_argument("--checkpoint", default=None,
+                     help="save here periodically, and resume from it if it exists (same settings only)")
+    rep.add_argument("--checkpoint-every", type=int, default=100, help="meta-iterations between checkpoints")
+    rep.add_argument("--force-restart", action="store_true",
+                     help="delete the --checkpoint file (and its backup) and start over")
+    rep.add_argument("--out", default=None, help="write the result as JSON here (its folder is created)")
 
     dl = sub.add_parser("download", help="download a dataset's archives into a data root")
     dl.add_argument("dataset", choices=("omniglot",))
     dl.add_argument("--root", default=None, help="data root (default: $MLCOURSE_DATA or the user cache)")
 
     sub.add_parser("budgets", help="print the sizes of each budget")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def _check_numbers(args):
+    for name in ("iterations", "meta_batch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={value} is out of range: allowed >= 1")
+    if args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every={args.checkpoint_every} is out of range: allowed >= 1")
+    if args.shots < 1:
+        raise ValueError(f"--shots={args.shots} is out of range: allowed >= 1")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    args.argv = argv
     if args.command == "budgets":
         for b in BUDGETS.values():
             print(json.dumps(b.as_dict()))
         return 0
-    if args.command == "download":
-        from .tasks.omniglot import download_omniglot
-
-        print(download_omniglot(args.root))
-        return 0
-    if args.shots is None:
-        args.shots = 1 if args.benchmark == "omniglot" else 10
     try:
+        if args.command == "download":
+            from .tasks.omniglot import download_omniglot
+
+            print(download_omniglot(args.root))
+            return 0
+        if args.shots is None:
+            args.shots = 1 if args.benchmark == "omniglot" else 10
+        _check_numbers(args)
         record = _reproduce(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, OSError, FloatingPointError) as err:  # one line, no traceback: it says what to do
         print(f"error: {err}", file=sys.stderr)
         return 2
-    text = json.dumps(record, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-        print(f"wrote {args.out}")
-    print(text)
+    print(json.dumps(record, indent=2))
     return 0

@@ -34,6 +34,36 @@ def forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
     return functional_call(model, params, (x,), strict=False)
 
 
+# ---------------------------------------------------------------------------------------------
+# Parameter-dict arithmetic (parameters, gradients and CG vectors are all dicts of tensors)
+
+def dot(a: Params, b: Params) -> torch.Tensor:
+    """<a, b> summed over every tensor of the dicts."""
+    return sum((a[k] * b[k]).sum() for k in a)
+
+
+def norm(a: Params) -> torch.Tensor:
+    return torch.sqrt(dot(a, a))
+
+
+def axpy(alpha, x: Params, y: Params) -> Params:
+    """alpha * x + y."""
+    return {k: alpha * x[k] + y[k] for k in y}
+
+
+def flatten(a: Params) -> torch.Tensor:
+    return torch.cat([v.reshape(-1) for v in a.values()])
+
+
+def unflatten(flat: torch.Tensor, like: Params) -> Params:
+    out, i = {}, 0
+    for k, v in like.items():
+        out[k] = flat[i:i + v.numel()].view_as(v)
+        i += v.numel()
+    return out
+
+
+
 def _grads_vectorised(loss_of: Callable[[Params], torch.Tensor], params: Params, create_graph: bool) -> Params:
     # torch.func.grad composes with the outer autograd graph, so the result stays differentiable
     # w.r.t. theta (second order); first-order callers detach it.

@@ -21,15 +21,15 @@ import math
 import statistics
 import time
 import warnings
-from typing import Callable, Dict, Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch.func import grad as func_grad
 from torch.func import jvp
 
+from .functional import Params, axpy, dot, flatten, norm, unflatten
 from .utils import check_int
 
-Params = Dict[str, torch.Tensor]
 
 # Measured with ``time_hvp`` (one thread, torch 2.14 CPU; a 5-way 1-shot support set of 5 images, a
 # sinusoid support set of 10 points), milliseconds per Hessian-vector product within a 5-product solve:
@@ -43,35 +43,6 @@ HVP_METHODS = ("double_backward", "forward_over_reverse")
 
 class CGNotConvergedWarning(UserWarning):
     """Conjugate gradient stopped (iteration cap or non-positive curvature) above its tolerance."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Dict arithmetic (parameters, gradients and CG vectors are all dicts of tensors)
-
-def dot(a: Params, b: Params) -> torch.Tensor:
-    """<a, b> summed over every tensor of the dicts."""
-    return sum((a[k] * b[k]).sum() for k in a)
-
-
-def norm(a: Params) -> torch.Tensor:
-    return torch.sqrt(dot(a, a))
-
-
-def axpy(alpha, x: Params, y: Params) -> Params:
-    """alpha * x + y."""
-    return {k: alpha * x[k] + y[k] for k in y}
-
-
-def flatten(a: Params) -> torch.Tensor:
-    return torch.cat([v.reshape(-1) for v in a.values()])
-
-
-def unflatten(flat: torch.Tensor, like: Params) -> Params:
-    out, i = {}, 0
-    for k, v in like.items():
-        out[k] = flat[i:i + v.numel()].view_as(v)
-        i += v.numel()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,10 +172,42 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, max_iters:
 
 
 # ---------------------------------------------------------------------------------------------
+# Newton's method without a Hessian
+
+def newton_cg_step(loss_of: Callable[[Params], torch.Tensor], phi: Params, cg_steps: int = 5,
+                   max_backtracks: int = 10, hvp_method: str = DEFAULT_HVP) -> Params:
+    """One Hessian-free (truncated) Newton step on ``loss_of`` with a backtracking (Armijo) line search.
+
+    The direction d solves (grad^2 loss) d = -grad loss by ``cg_steps`` of CG; the step halves up to
+    ``max_backtracks`` times until the Armijo condition holds (else phi is returned unchanged)."""
+    value, grad, hess = gradient_and_hvp(loss_of, phi)
+    if hvp_method != "double_backward":
+        hess = hvp_operator(loss_of, phi, hvp_method)
+    # Truncated Newton: a few CG iterations on H d = -grad. Stopping early is the
+    # method (not an error), so no warning; CG from 0 keeps d a descent direction while the
+    # curvature met is positive.
+    direction, _, _ = conjugate_gradient(hess, {k: -g for k, g in grad.items()}, cg_steps,
+                                         tol=1e-10, warn=False)
+    slope = dot(grad, direction)
+    if not (slope < 0):  # no curvature information (e.g. negative curvature at once): steepest descent
+        direction = {k: -g for k, g in grad.items()}
+        slope = -dot(grad, grad)
+    if slope == 0:
+        return phi  # already stationary
+    step = 1.0
+    for _ in range(max_backtracks + 1):
+        trial = axpy(step, direction, phi)
+        if loss_of(trial) <= value + 1e-4 * step * slope:
+            return trial
+        step *= 0.5
+    return phi  # no decrease found: keep phi (the line search never makes G worse)
+
+
+# ---------------------------------------------------------------------------------------------
 # Measuring
 
 def time_hvp(loss_of: Callable[[Params], torch.Tensor], params: Params, repeats: int = 20,
-             cg_iters: int = 5) -> Dict[str, float]:
+             cg_iters: int = 5) -> dict[str, float]:
     """Seconds per Hessian-vector product within a ``cg_iters``-product solve, for each method.
 
     ``double_backward (graph reused)`` pays one gradient-with-graph per solve and then one

@@ -17,52 +17,34 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
-from .utils import check_int
 from .tasks.base import TaskBatch
+from .utils import check_int
 
 SINUSOID_SPEC = dict(model="mlp", meta_batch=25, shots=10, queries=10)
 OMNIGLOT_SPEC = dict(model="convnet", meta_batch=32, ways=5, shots=1, queries=15)
-
-
-PROFILED = ("maml", "fomaml", "reptile", "imaml-gd", "imaml-hf")
+BENCHMARK_OF_MODEL = {"mlp": "sinusoid", "convnet": "omniglot"}
+SPEC_SIZES = ("algorithm", "model", "meta_batch", "shots", "queries", "ways", "threads")
 
 
 def build(spec: dict, device):
-    """An algorithm and a random ``TaskBatch`` on ``device`` from a spec dict (see ``measure``)."""
-    from .algorithms import MAML, Reptile
-    from .algorithms.imaml import IMAML
-    from .nn import MLP, ConvNet
+    """An algorithm from the recipe table and a random ``TaskBatch`` on ``device`` (see ``measure``)."""
+    from .recipes import build_algorithm
 
-    name = spec.get("algorithm", "maml")
-    if name not in PROFILED:
-        raise ValueError(f"algorithm={name!r} is unknown: allowed {', '.join(PROFILED)}")
-    torch.manual_seed(0)
-    t = spec["meta_batch"]
-    if spec["model"] == "mlp":
-        model, loss = MLP([1, 40, 40, 1]), F.mse_loss
-        k, q = spec["shots"], spec["queries"]
+    if spec.get("model") not in BENCHMARK_OF_MODEL:
+        raise ValueError(f"model={spec.get('model')!r} is unknown: allowed {', '.join(BENCHMARK_OF_MODEL)}")
+    benchmark = BENCHMARK_OF_MODEL[spec["model"]]
+    t, k, q = spec["meta_batch"], spec["shots"], spec["queries"]
+    if benchmark == "sinusoid":
         batch = TaskBatch(torch.rand(t, k, 1), torch.rand(t, k, 1), torch.rand(t, q, 1), torch.rand(t, q, 1))
-        lr = 0.01
     else:
-        n, k, q = spec["ways"], spec["shots"], spec["queries"]
-        model, loss = ConvNet(n), F.cross_entropy
+        n = spec["ways"]
         labels = lambda m: torch.arange(n).repeat_interleave(m).repeat(t, 1)  # noqa: E731
         batch = TaskBatch(torch.rand(t, n * k, 1, 28, 28), labels(k), torch.rand(t, n * q, 1, 28, 28), labels(q))
-        lr = 0.4
-    model, steps, vectorise = model.to(device), spec.get("inner_steps", 1), spec.get("vectorise", True)
-    if name in ("maml", "fomaml"):
-        alg = MAML(model, loss, inner_lr=spec.get("inner_lr", lr), inner_steps=steps,
-                   first_order=spec.get("first_order", name == "fomaml"), vectorise=vectorise)
-    elif name == "reptile":
-        # The Reptile paper's inner loop: Adam (beta1 = 0) over the whole support set here.
-        alg = Reptile(model, loss, inner_lr=spec.get("inner_lr", 1e-3), inner_steps=steps, inner_optimizer="adam",
-                      vectorise=vectorise)
-    else:  # iMAML always maps tasks with a loop (its CG and line search branch on values)
-        alg = IMAML(model, loss, lam=spec.get("lam", 2.0), inner_solver="gd" if name == "imaml-gd" else "newton_cg",
-                    inner_steps=steps, cg_steps=spec.get("cg_steps", 5), inner_lr=spec.get("inner_lr", lr))
-    return alg, batch.to(device)
+    torch.manual_seed(0)
+    overrides = {key: value for key, value in spec.items() if key not in SPEC_SIZES}
+    alg = build_algorithm(spec.get("algorithm", "maml"), benchmark, spec.get("ways"), **overrides)
+    return alg.to(device), batch.to(device)
 
 
 def _status_kib(field: str) -> int:
@@ -102,10 +84,7 @@ def _worker(builder, spec, device_name, repeats, baseline, queue):
             if i == 1 and base is None:
                 base = start_peak()
             tic = time.perf_counter()
-            if callable(getattr(alg, "meta_gradient", None)):
-                alg.meta_gradient(batch)  # Reptile, iMAML: the algorithm computes its own direction
-            else:
-                alg.meta_loss(batch).backward()
+            alg.meta_gradient(batch)
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - tic)
@@ -119,10 +98,10 @@ def _worker(builder, spec, device_name, repeats, baseline, queue):
 def measure(spec: dict, device=None, repeats: int = 5, baseline: str = "after_warmup", builder=build) -> dict:
     """Median seconds and peak bytes of one meta-iteration for ``spec``.
 
-    ``spec`` keys: model ("mlp" or "convnet"), meta_batch, shots, queries, ways (convnet),
-    algorithm (one of ``PROFILED``; default "maml"), inner_steps, inner_lr, first_order,
-    vectorise (True, the default: the vmap path; False; or "auto"), lam and cg_steps (iMAML),
-    threads (optional).
+    ``spec`` keys: model ("mlp": the sinusoid row, or "convnet": the Omniglot row), meta_batch,
+    shots, queries, ways (convnet), algorithm (a method of :data:`mlcourse.recipes.RECIPES`;
+    default "maml"), threads (optional); every other key overrides one of the row's
+    hyperparameters (e.g. inner_steps, inner_lr, first_order, vectorise, lam, cg_steps).
 
     ``baseline``: the peak is measured from just after a warm-up run ("after_warmup": memory the
     allocator keeps from the warm-up is not counted again) or from just after building the model

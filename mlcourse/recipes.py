@@ -1,15 +1,17 @@
-"""The papers' experimental set-ups as functions: one place for hyperparameters.
+"""The papers' experimental set-ups as one table: a new method is one row.
 
-The notebooks and the command line call these, so a table row in the book and the row a
-researcher reproduces with ``python -m mlcourse reproduce`` come from the same code. Sizes come
-from the budget; hyperparameters are the MAML paper's (section 5 and appendix A):
-
-* sinusoid: MLP 1-40-40-1, alpha = 0.01, one inner step in meta-training, Adam beta = 1e-3,
-  meta-batch 25, 70,000 iterations; evaluated after up to 10 steps.
-* Omniglot 5-way: alpha = 0.4, one inner step, meta-batch 32, evaluated with 3 steps;
-  20-way: alpha = 0.1, five inner steps (also at evaluation), meta-batch 16; 60,000 iterations.
+``RECIPES[method, benchmark, ways]`` names the algorithm class, its hyperparameters (with the
+paper and section they come from), and the sampler and training settings. :func:`build`
+turns a row into an algorithm and its samplers; :func:`run` meta-trains and evaluates it.
+The notebooks, the command line (``python -m mlcourse reproduce``), profiling and the
+benchmarks all go through these two functions, so a table row in the book and the row a
+researcher reproduces come from the same code. Sizes (iterations, meta-batch, test tasks)
+come from the budget; a row may name the budget field it uses.
 """
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,109 +22,219 @@ from .nn import MLP, ConvNet
 from .published import published
 from .tasks import Sinusoid
 from .train import evaluate, meta_train
-from .utils import default_device
 
-SINUSOID = dict(inner_lr=0.01, inner_steps=1, eval_steps=10, outer_lr=1e-3)
-OMNIGLOT = {
-    5: dict(inner_lr=0.4, inner_steps=1, eval_steps=3, outer_lr=1e-3, meta_batch_divisor=1),
-    20: dict(inner_lr=0.1, inner_steps=5, eval_steps=5, outer_lr=1e-3, meta_batch_divisor=2),
-}
-# Reptile (Nichol et al., 2018, appendix A and its code): inner Adam with beta1 = 0, five steps on
-# mini-batches of 10 drawn by cycling through 10 shots per class; outer SGD step 1.0 annealed
-# linearly to 0; meta-batch 5; 100,000 iterations. Evaluation: 50 steps on mini-batches of 5.
-REPTILE_OMNIGLOT = {
-    5: dict(inner_lr=1e-3, inner_optimizer="adam", inner_steps=5, inner_batch=10, train_shots=10, meta_batch=5,
-            outer_step_size=1.0, outer_step_size_final=0.0, eval_inner_steps=50, eval_inner_batch=5),
-}
-# Reptile on sinusoids: our choice (the paper gives no table for it): SGD with MAML's alpha = 0.01,
-# five steps (alpha = 0.02 made first-order runs diverge on some tasks).
-REPTILE_SINUSOID = dict(inner_lr=0.01, inner_optimizer="sgd", inner_steps=5, outer_step_size=1.0,
-                        outer_step_size_final=0.0)
-EVAL_QUERIES = 15  # query drawings per class at evaluation (tighter intervals than the 1 of training)
-ALGORITHMS = ("maml", "fomaml", "pretrained", "reptile", "llama", "imaml-gd", "imaml-hf")
-# LLAMA (Grant et al., 2018, section 5.2): MAML's hyperparameters plus tau = 0.001 and eta = 1e-6.
-LLAMA_PRIOR = dict(prior_precision=1e-3, eta=1e-6, curvature="kfac")
-# iMAML on Omniglot (Rajeswaran et al., 2019, section 5): lambda = 2, 5 CG steps for the meta-gradient;
-# the GD inner solver takes 16 steps (5-way). The paper gives no inner step size: 0.1 is ours, as
-# are the 3 Newton steps of the Hessian-free solver (5 CG steps each, with a line search).
-IMAML_OMNIGLOT = {"imaml-gd": dict(lam=2.0, cg_steps=5, inner_solver="gd", inner_steps=16, inner_lr=0.1),
-                  "imaml-hf": dict(lam=2.0, cg_steps=5, inner_solver="newton_cg", inner_steps=3)}
+EVAL_QUERIES = 15  # query drawings per class at evaluation (tighter intervals than the few of training)
+SINUSOID_TEST_QUERIES = 100  # query points per sinusoid test task
 
 
-def make_algorithm(name: str, model, loss_fn, inner_lr, inner_steps):
-    """``maml``, ``fomaml`` (first-order MAML), ``pretrained`` (joint training, then fine-tuning) or
-    ``llama`` (MAML plus the Laplace term, the paper's prior), ``imaml-gd`` or ``imaml-hf`` (implicit
-    MAML with the Omniglot settings of ``IMAML_OMNIGLOT``). Reptile has recipes of its own."""
-    if name not in ALGORITHMS:
-        raise ValueError(f"algorithm {name!r} is unknown: allowed {', '.join(ALGORITHMS)}")
-    if name == "pretrained":
-        return Pretrained(model, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps)
-    if name in IMAML_OMNIGLOT:  # its own step counts: the proximal inner problem is solved, not unrolled
-        return IMAML(model, loss_fn, **IMAML_OMNIGLOT[name])
-    if name == "llama":
-        return LLAMA(model, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps, **LLAMA_PRIOR)
-    if name == "reptile":
-        raise ValueError("Reptile has its own recipes: reptile_omniglot_run and sinusoid_run('reptile')")
-    return MAML(model, loss_fn, inner_lr=inner_lr, inner_steps=inner_steps, first_order=(name == "fomaml"))
+@dataclass(frozen=True)
+class Recipe:
+    """One row: how ``method`` is run on ``benchmark`` (``ways`` classes; None for regression)."""
+
+    method: str
+    benchmark: str
+    ways: int | None
+    algorithm: type
+    hyperparameters: dict
+    source: str
+    outer_lr: float = 1e-3
+    iterations: str = "omniglot_iterations"   # the budget field giving the number of meta-iterations
+    meta_batch: str | int = "omniglot_meta_batch"  # a budget field, or a fixed number of tasks
+    meta_batch_divisor: int = 1               # 20-way runs halve the 5-way meta-batch
+    train_shots: int | None = None            # train on this many shots whatever K is tested (Reptile)
+    train_queries: int | None = None          # query examples per class in training (None: the budget's)
+    transductive: bool = True                 # how batch norm sees the query set at test time
+    validate: bool = True                     # evaluate on the validation split during training
+    seeded: bool = False                      # the class takes ``seed`` (its own generator)
+    notes: tuple = field(default=())
+
+    def key(self):
+        return self.method, self.benchmark, self.ways
 
 
-def sinusoid_run(algorithm: str = "maml", shots: int = 10, budget: Budget | str | None = None, seed: int = 0,
-                 device=None, checkpoint=None, progress: bool = True, eval_steps=(1, 10)) -> dict:
-    """Meta-train on sinusoids with K = ``shots``; query MSE after each of ``eval_steps`` steps."""
+# The MAML paper (Finn et al., 2017), section 5.1 and appendix A.1: sinusoid MLP 1-40-40-1,
+# alpha = 0.01, one inner step, Adam beta = 1e-3, meta-batch 25, 70,000 iterations; tested after 10 steps.
+# Section 5.2 and appendix A.1: Omniglot 5-way alpha = 0.4, one inner step, meta-batch 32, tested with 3
+# steps; 20-way alpha = 0.1, five inner steps (also at test time), meta-batch 16; 60,000 iterations.
+_MAML_SINUSOID = dict(inner_lr=0.01, inner_steps=1, eval_inner_steps=10)
+_MAML_OMNIGLOT = {5: dict(inner_lr=0.4, inner_steps=1, eval_inner_steps=3),
+                  20: dict(inner_lr=0.1, inner_steps=5, eval_inner_steps=5)}
+_SIN = dict(iterations="sinusoid_iterations", meta_batch="sinusoid_meta_batch", validate=False)
+_OMNI = {5: dict(iterations="omniglot_iterations"), 20: dict(iterations="omniglot20_iterations", meta_batch_divisor=2)}
+_MAML_SOURCE = "Finn et al. 2017, sec. 5 and app. A.1"
+
+
+def _maml_family() -> list[Recipe]:
+    rows = []
+    for method, cls, extra, source in (
+            ("maml", MAML, {}, _MAML_SOURCE),
+            ("fomaml", MAML, {"first_order": True}, _MAML_SOURCE + " (first-order approximation, sec. 5.2)"),
+            ("pretrained", Pretrained, {}, _MAML_SOURCE + " (the 'pretrained' baseline, sec. 5.1)")):
+        rows.append(Recipe(method, "sinusoid", None, cls, {**_MAML_SINUSOID, **extra}, source, **_SIN))
+        for ways in (5, 20):
+            rows.append(Recipe(method, "omniglot", ways, cls, {**_MAML_OMNIGLOT[ways], **extra}, source,
+                               **_OMNI[ways]))
+    return rows
+
+
+# LLAMA (Grant et al., 2018, sec. 5.2): MAML's hyperparameters plus tau = 0.001 and eta = 1e-6 (K-FAC).
+# On sinusoids the paper gives no prior: tau = 300, sigma^2 = 0.01, eta = 1e-3 are ours (chapter 4 says why).
+_LLAMA_OMNIGLOT = dict(prior_precision=1e-3, eta=1e-6, curvature="kfac")
+_LLAMA_SINUSOID = dict(prior_precision=300.0, eta=1e-3, noise_variance=0.01, curvature="kfac")
+
+
+def _llama() -> list[Recipe]:
+    source = "Grant et al. 2018, sec. 5.2"
+    rows = [Recipe("llama", "sinusoid", None, LLAMA, {**_MAML_SINUSOID, **_LLAMA_SINUSOID},
+                   "ours (chapter 4): the paper gives no sinusoid prior", **_SIN)]
+    for ways in (5, 20):
+        rows.append(Recipe("llama", "omniglot", ways, LLAMA, {**_MAML_OMNIGLOT[ways], **_LLAMA_OMNIGLOT}, source,
+                           **_OMNI[ways]))
+    return rows
+
+
+# Reptile (Nichol et al., 2018, app. A and its code): inner Adam with beta1 = 0, five steps on mini-batches
+# of 10 drawn by cycling through 10 shots per class; outer SGD step 1.0 annealed linearly to 0; meta-batch 5;
+# 100,000 iterations; tested with 50 steps on mini-batches of 5, non-transductively (the headline row).
+# On sinusoids (no table in the paper): SGD with MAML's alpha = 0.01, five steps (ours).
+_REPTILE_OMNIGLOT = dict(inner_lr=1e-3, inner_optimizer="adam", inner_steps=5, inner_batch=10,
+                         outer_step_size=1.0, outer_step_size_final=0.0, eval_inner_steps=50, eval_inner_batch=5)
+_REPTILE_SINUSOID = dict(inner_lr=0.01, inner_optimizer="sgd", inner_steps=5, outer_step_size=1.0,
+                         outer_step_size_final=0.0, eval_inner_steps=10)
+
+
+def _reptile() -> list[Recipe]:
+    return [
+        Recipe("reptile", "sinusoid", None, Reptile, _REPTILE_SINUSOID,
+               "ours: MAML's alpha with five SGD steps (alpha = 0.02 diverged)", seeded=True, **_SIN),
+        Recipe("reptile", "omniglot", 5, Reptile, _REPTILE_OMNIGLOT, "Nichol et al. 2018, app. A, Table 3",
+               iterations="reptile_iterations", meta_batch=5, train_shots=10, train_queries=1, transductive=False,
+               validate=False, seeded=True),
+    ]
+
+
+# iMAML on Omniglot (Rajeswaran et al., 2019, sec. 5): lambda = 2, 5 CG steps for the meta-gradient; the GD
+# solver takes 16 steps (5-way). The paper gives no inner step size: 0.1 is ours, as are the 3 Newton steps
+# of the Hessian-free solver (5 CG steps each, with a line search). Tested with the same solver settings.
+_IMAML = {"imaml-gd": dict(lam=2.0, cg_steps=5, inner_solver="gd", inner_steps=16, inner_lr=0.1),
+          "imaml-hf": dict(lam=2.0, cg_steps=5, inner_solver="newton_cg", inner_steps=3)}
+
+
+def _imaml() -> list[Recipe]:
+    return [Recipe(name, "omniglot", 5, IMAML, hp, "Rajeswaran et al. 2019, sec. 5 (step sizes ours)")
+            for name, hp in _IMAML.items()]
+
+
+RECIPES: dict[tuple, Recipe] = {r.key(): r for r in [*_maml_family(), *_llama(), *_reptile(), *_imaml()]}
+METHODS = tuple(dict.fromkeys(r.method for r in RECIPES.values()))
+BENCHMARKS = ("omniglot", "sinusoid")
+
+
+def recipe(method: str, benchmark: str, ways: int | None = 5) -> Recipe:
+    """The row for (method, benchmark, ways), or a ValueError listing what exists."""
+    ways = None if benchmark == "sinusoid" else ways
+    row = RECIPES.get((method, benchmark, ways))
+    if row is None:
+        if method not in METHODS:
+            raise ValueError(f"method {method!r} is unknown: allowed {', '.join(METHODS)}")
+        if benchmark not in BENCHMARKS:
+            raise ValueError(f"benchmark {benchmark!r} is unknown: allowed {', '.join(BENCHMARKS)}")
+        have = [f"{r.benchmark}" + (f" {r.ways}-way" if r.ways else "")
+                for r in sorted(RECIPES.values(), key=lambda r: (r.benchmark, r.ways or 0)) if r.method == method]
+        raise ValueError(f"{method} has no recipe for {benchmark}" + (f" {ways}-way" if ways else "")
+                         + f": allowed {', '.join(have)}")
+    return row
+
+
+def make_model(benchmark: str, ways: int | None):
+    """The benchmark's network: the MLP 1-40-40-1 (sinusoid) or the 4-block conv net (Omniglot)."""
+    return MLP([1, 40, 40, 1]) if benchmark == "sinusoid" else ConvNet(ways)
+
+
+def loss_function(benchmark: str):
+    return F.mse_loss if benchmark == "sinusoid" else F.cross_entropy
+
+
+def build_algorithm(method: str, benchmark: str, ways: int | None = 5, seed: int = 0, **overrides):
+    """The row's algorithm on a fresh model; ``overrides`` replace hyperparameters (e.g. inner_steps)."""
+    row = recipe(method, benchmark, ways)
+    hyper = {**row.hyperparameters, **overrides}
+    if row.seeded:
+        hyper["seed"] = seed
+    return row.algorithm(make_model(benchmark, row.ways), loss_function(benchmark), transductive=row.transductive,
+                         **hyper)
+
+
+def test_sampler(benchmark: str, ways: int | None, shots: int, root=None, protocol: str = "maml",
+                 split: str = "test"):
+    """The tasks a row is scored on: K = ``shots``, 15 queries per class (Omniglot) or 100 points."""
+    if benchmark == "sinusoid":
+        return Sinusoid(shots=shots, queries=SINUSOID_TEST_QUERIES)
+    from .tasks import Omniglot  # reading Omniglot is only needed here
+
+    return Omniglot(ways, shots, EVAL_QUERIES, split, root=root, protocol=protocol)
+
+
+def build(method: str, benchmark: str, ways: int | None = 5, shots: int = 1, budget: Budget | str | None = None,
+          seed: int = 0, root=None, protocol: str = "maml", iterations: int | None = None,
+          meta_batch: int | None = None, **overrides) -> dict:
+    """Everything a run needs, checked before any training: ``{"recipe", "algorithm", "train", "val",
+    "test", "iterations", "meta_batch", "budget", "settings"}`` (settings: what a checkpoint records)."""
+    row = recipe(method, benchmark, ways)
     budget = budget if isinstance(budget, Budget) else get_budget(budget)
-    torch.manual_seed(seed)
-    if algorithm in IMAML_OMNIGLOT:
-        raise ValueError(f"{algorithm} has no sinusoid recipe: its settings are Omniglot's (see chapter 5)")
-    if algorithm == "reptile":
-        alg = Reptile(MLP([1, 40, 40, 1]), F.mse_loss, **REPTILE_SINUSOID, seed=seed)
+    iterations = getattr(budget, row.iterations) if iterations is None else iterations
+    if meta_batch is None:
+        meta_batch = row.meta_batch if isinstance(row.meta_batch, int) else getattr(budget, row.meta_batch)
+        meta_batch = max(1, meta_batch // row.meta_batch_divisor)
+    train_shots = row.train_shots or shots
+    if benchmark == "sinusoid":
+        train = Sinusoid(shots=train_shots, queries=row.train_queries or train_shots)
+        val = None
     else:
-        alg = make_algorithm(algorithm, MLP([1, 40, 40, 1]), F.mse_loss, SINUSOID["inner_lr"], SINUSOID["inner_steps"])
-    sampler = Sinusoid(shots=shots, queries=shots)
-    history = meta_train(alg, sampler, budget.sinusoid_iterations, budget.sinusoid_meta_batch,
-                         outer_lr=SINUSOID["outer_lr"], seed=seed, device=device, checkpoint=checkpoint,
-                         progress=progress, desc=f"{algorithm} sinusoid K={shots}")
-    test = Sinusoid(shots=shots, queries=100)
-    results = {steps: evaluate(alg, test, budget.eval_tasks, inner_steps=steps) for steps in eval_steps}
-    return {"algorithm": alg, "history": history, "results": results}
+        from .tasks import Omniglot
+
+        queries = row.train_queries or budget.omniglot_queries
+        train = Omniglot(ways, train_shots, queries, "train", root=root, protocol=protocol)
+        val = test_sampler(benchmark, ways, shots, root, protocol, "val") if row.validate else None
+    test = test_sampler(benchmark, ways, shots, root, protocol)
+    torch.manual_seed(seed)  # the model's initialisation
+    algorithm = build_algorithm(method, benchmark, ways, seed, **overrides)
+    settings = {"method": method, "benchmark": benchmark, "ways": row.ways, "shots": shots,
+                "train_shots": train_shots, "protocol": protocol if benchmark != "sinusoid" else None,
+                "seed": seed, "budget": budget.name, "meta_batch": meta_batch, "outer_lr": row.outer_lr,
+                "hyperparameters": {**row.hyperparameters, **overrides}}
+    return {"recipe": row, "algorithm": algorithm, "train": train, "val": val, "test": test,
+            "iterations": iterations, "meta_batch": meta_batch, "budget": budget, "settings": settings}
 
 
-def omniglot_run(algorithm: str = "maml", ways: int = 5, shots: int = 1, budget: Budget | str | None = None,
-                 seed: int = 0, device=None, root=None, protocol: str = "maml", checkpoint=None,
-                 progress: bool = True, eval_steps=None) -> dict:
-    """Meta-train the conv net on Omniglot N-way K-shot, evaluate on the test characters.
+def run(method: str, benchmark: str, ways: int | None = 5, shots: int = 1, budget: Budget | str | None = None,
+        seed: int = 0, device=None, root=None, protocol: str = "maml", checkpoint=None, checkpoint_every: int = 100,
+        restart: bool = False, progress: bool = True, eval_steps=(), eval_tasks: int | None = None,
+        iterations: int | None = None, meta_batch: int | None = None, **overrides) -> dict:
+    """Meta-train the row's algorithm and score it on the test tasks.
 
-    Returns ``result`` (after the paper's number of test-time steps) and ``results``: one
-    evaluation per entry of ``eval_steps`` (for adaptation curves; default: just that one).
+    Returns ``{"algorithm", "history", "result", "results", "published", "settings", ...}``:
+    ``result`` after the algorithm's own number of test-time steps, ``results`` keyed by the
+    number of steps: each entry of ``eval_steps`` (adaptation curves), and that default.
     """
-    from .tasks import Omniglot  # imported here: reading Omniglot is only needed by this recipe
+    setup = build(method, benchmark, ways, shots, budget, seed, root, protocol, iterations, meta_batch, **overrides)
+    row, algorithm, budget = setup["recipe"], setup["algorithm"], setup["budget"]
+    label = f"{method} {benchmark}" + (f" {row.ways}-way" if row.ways else "") + f" K={shots}"
+    history = meta_train(algorithm, setup["train"], setup["iterations"], setup["meta_batch"], outer_lr=row.outer_lr,
+                         val_sampler=setup["val"], val_every=budget.val_every, val_tasks=budget.val_tasks,
+                         seed=seed, device=device, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                         progress=progress, desc=label, settings=setup["settings"], restart=restart)
+    tasks = eval_tasks or budget.eval_tasks
+    default = algorithm.test_steps()
+    results = {k: evaluate(algorithm, setup["test"], tasks, inner_steps=k, progress=progress)
+               for k in dict.fromkeys([*eval_steps, default])}
+    reference = published(method, benchmark, row.ways, shots) if row.ways is not None else None
+    return {**setup, "history": history, "result": results[default], "results": results, "published": reference}
 
-    if algorithm == "reptile":
-        if eval_steps:
-            raise ValueError("eval_steps is not used for Reptile: it adapts with its recipe's 50 steps")
-        run = reptile_omniglot_run(ways, (shots,), budget, seed=seed, device=device, root=root, protocol=protocol,
-                                   checkpoint=checkpoint, progress=progress, transductive=(False,))
-        key = (shots, False)  # the paper's headline row is non-transductive
-        return {**run, "result": run["results"][key], "published": run["published"][key]}
-    if ways not in OMNIGLOT:
-        raise ValueError(f"ways={ways} has no recipe: allowed {', '.join(map(str, OMNIGLOT))} (the MAML paper's)")
-    budget = budget if isinstance(budget, Budget) else get_budget(budget)
-    hp = OMNIGLOT[ways]
-    torch.manual_seed(seed)
-    alg = make_algorithm(algorithm, ConvNet(ways), F.cross_entropy, hp["inner_lr"], hp["inner_steps"])
-    train = Omniglot(ways, shots, budget.omniglot_queries, "train", root=root, protocol=protocol)
-    val = Omniglot(ways, shots, EVAL_QUERIES, "val", root=root, protocol=protocol)
-    test = Omniglot(ways, shots, EVAL_QUERIES, "test", root=root, protocol=protocol)
-    meta_batch = max(1, budget.omniglot_meta_batch // hp["meta_batch_divisor"])
-    iterations = budget.omniglot_iterations if ways == 5 else budget.omniglot20_iterations
-    history = meta_train(alg, train, iterations, meta_batch, outer_lr=hp["outer_lr"],
-                         val_sampler=val, val_every=budget.val_every, val_tasks=budget.val_tasks,
-                         val_inner_steps=None if algorithm in IMAML_OMNIGLOT else hp["eval_steps"], seed=seed, device=device, checkpoint=checkpoint,
-                         progress=progress, desc=f"{algorithm} omniglot {ways}-way {shots}-shot")
-    # iMAML adapts with its own solver settings (None); the MAML family with the paper's test-time steps.
-    test_steps = None if algorithm in IMAML_OMNIGLOT else hp["eval_steps"]
-    results = {k: evaluate(alg, test, budget.eval_tasks, inner_steps=k) for k in [*(eval_steps or ()), test_steps]}
-    return {"algorithm": alg, "history": history, "result": results[test_steps], "results": results,
-            "published": published(algorithm, "omniglot", ways, shots)}
+
+def with_sizes(budget: Budget, **sizes) -> Budget:
+    """A copy of ``budget`` with some sizes changed (e.g. fewer iterations for a sweep)."""
+    return dataclasses.replace(budget, **sizes)
 
 
 def omniglot_runs_accuracy(algorithm, root=None, inner_steps: int | None = None) -> dict:
@@ -135,40 +247,6 @@ def omniglot_runs_accuracy(algorithm, root=None, inner_steps: int | None = None)
     from .train import confidence_interval, score_batch
 
     batch = OmniglotRuns(root=root).batch().to(next(algorithm.model.parameters()).device)
-    steps = OMNIGLOT[20]["eval_steps"] if inner_steps is None else inner_steps
-    metric, scores = score_batch(algorithm, batch, steps)
+    metric, scores = score_batch(algorithm, batch, inner_steps)
     mean, ci = confidence_interval(scores)
     return {"metric": metric, "mean": mean, "ci95": ci, "num_tasks": len(scores), "scores": scores}
-
-
-def reptile_omniglot_run(ways: int = 5, shots=(1, 5), budget: Budget | str | None = None, seed: int = 0, device=None,
-                         root=None, protocol: str = "maml", checkpoint=None, progress: bool = True,
-                         eval_tasks: int | None = None, transductive=(False, True)) -> dict:
-    """Meta-train Reptile on Omniglot once, then evaluate K-shot for every K in ``shots`` and every
-    setting in ``transductive`` (as in the paper, one model serves every K: it trains on 10 shots).
-
-    Returns ``results`` and ``published``, both keyed by ``(shots, transductive)``.
-    """
-    from .tasks import Omniglot
-
-    if ways not in REPTILE_OMNIGLOT:
-        raise ValueError(f"ways={ways} has no Reptile recipe: allowed {', '.join(map(str, REPTILE_OMNIGLOT))}")
-    budget = budget if isinstance(budget, Budget) else get_budget(budget)
-    hp = dict(REPTILE_OMNIGLOT[ways])
-    train_shots, meta_batch = hp.pop("train_shots"), hp.pop("meta_batch")
-    torch.manual_seed(seed)
-    alg = Reptile(ConvNet(ways), F.cross_entropy, **hp, seed=seed)
-    # One query drawing per class: Reptile never uses it to learn, only to report a loss.
-    train = Omniglot(ways, train_shots, 1, "train", root=root, protocol=protocol)
-    history = meta_train(alg, train, budget.reptile_iterations, meta_batch, seed=seed, device=device,
-                         checkpoint=checkpoint, progress=progress, desc=f"reptile omniglot {ways}-way")
-    results, reference, before = {}, {}, alg.transductive
-    for k in shots:
-        test = Omniglot(ways, k, EVAL_QUERIES, "test", root=root, protocol=protocol)
-        for setting in transductive:
-            alg.transductive = setting
-            results[(k, setting)] = evaluate(alg, test, eval_tasks or budget.eval_tasks)
-            name = "reptile-transductive" if setting else "reptile"
-            reference[(k, setting)] = published(name, "omniglot", ways, k)
-    alg.transductive = before
-    return {"algorithm": alg, "history": history, "results": results, "published": reference}

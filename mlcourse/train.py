@@ -4,12 +4,13 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .utils import check_int, check_positive, default_device
+from .utils import check_int, default_device
 
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
@@ -45,6 +46,8 @@ def evaluate(algorithm, sampler, num_tasks: int = 600, inner_steps: int | None =
     Returns ``{"metric", "mean", "ci95", "num_tasks", "scores"}``: accuracy (fraction) or MSE,
     the mean over tasks and the half-width of its 95% interval. The tasks are drawn with a
     generator seeded by ``seed``, so every call (and every algorithm) sees the same tasks.
+    ``inner_steps`` defaults to the algorithm's own test-time setting. It stops with
+    ``FloatingPointError`` when the adapted model's outputs are not finite.
     """
     check_int("num_tasks", num_tasks, 2)
     check_int("batch_size", batch_size, 1)
@@ -55,6 +58,11 @@ def evaluate(algorithm, sampler, num_tasks: int = 600, inner_steps: int | None =
         while done < num_tasks:
             n = min(batch_size, num_tasks - done)
             metric, s = score_batch(algorithm, sampler.sample(n, generator=generator).to(device), inner_steps)
+            if not torch.isfinite(s).all():
+                raise FloatingPointError(
+                    f"evaluation: the adapted model's outputs are not finite on {int((~torch.isfinite(s)).sum())} "
+                    f"of tasks {done + 1}..{done + n}: the meta-parameters or the inner step size "
+                    "(inner_lr) make adaptation diverge")
             scores.append(s)
             done += n
             bar.update(n)
@@ -77,23 +85,90 @@ def _check_finite(value: torch.Tensor, what: str, iteration: int):
             "instead of training on garbage. Try a smaller inner_lr or outer_lr.")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: unreadable, or made with other settings."""
+
+
+CHECKPOINT_FORMAT = 2
+
+
+def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(wanted), key=str):
+        a, b = saved.get(key, "(absent)"), wanted.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: checkpoint {a!r}, now {b!r}")
+    return out
+
+
+def _read_checkpoint(path: Path, device) -> dict:
+    """The checkpoint at ``path``, or at its backup ``path.prev`` when ``path`` is damaged."""
+    tried = []
+    for candidate in (path, path.with_name(path.name + ".prev")):
+        if not candidate.exists():
+            continue
+        try:
+            state = torch.load(candidate, map_location=device, weights_only=True)
+            if not isinstance(state, dict) or "model" not in state:
+                raise ValueError("it holds no model state")
+        except Exception as err:  # torch raises many kinds for a damaged file
+            tried.append(f"{candidate} ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})")
+            continue
+        if tried:
+            warnings.warn(f"checkpoint {path} is damaged; resuming from its backup {candidate}", stacklevel=3)
+        return state
+    raise CheckpointError(f"checkpoint {path} cannot be read: {'; '.join(tried)}. Delete it to start over "
+                          "(or pass --force-restart on the command line).")
+
+
+def _check_settings(path: Path, state: dict, settings: dict | None):
+    if settings is None:
+        return
+    saved = state.get("settings")
+    if state.get("format") != CHECKPOINT_FORMAT or saved is None:
+        raise CheckpointError(f"checkpoint {path} records no settings (format {state.get('format', 1)}; "
+                              f"this version writes {CHECKPOINT_FORMAT}), so it cannot be told apart from another "
+                              "run's: delete it or pass --force-restart to start over")
+    diff = _differences(saved, settings)
+    if diff:
+        raise CheckpointError(f"checkpoint {path} was made with other settings: {'; '.join(diff)}. Resume with "
+                              "the same settings, use another --checkpoint, or pass --force-restart to start over")
+
+
+def _save_checkpoint(path: Path, state: dict):
+    """Write ``state`` atomically, keeping the previous checkpoint as ``path.prev`` until the new one is
+    complete on disk: a kill at any moment leaves at least one whole checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if path.exists():
+        os.replace(path, path.with_name(path.name + ".prev"))
+    os.replace(tmp, path)
+
+
 def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: float = 1e-3, optimizer=None,
                val_sampler=None, val_every: int = 0, val_tasks: int = 100, val_inner_steps: int | None = None,
                checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100, seed: int = 0,
-               device=None, progress: bool = True, desc: str = "meta-train") -> dict:
+               device=None, progress: bool = True, desc: str = "meta-train", settings: dict | None = None,
+               restart: bool = False) -> dict:
     """Outer loop: ``iterations`` meta-updates of theta, each on ``meta_batch`` fresh tasks.
 
-    theta <- Adam(theta, grad_theta meta_loss) with step size beta = ``outer_lr`` (or the given
-    ``optimizer``). An algorithm provides ``meta_loss(batch)`` (backpropagated here) or
-    ``meta_gradient(batch) -> (loss, {name: grad})``. An algorithm with its own outer update
-    (Reptile: SGD with an annealed step size) provides ``outer_optimizer(params)``, used when no
-    ``optimizer`` is given (``outer_lr`` is then unused), and ``outer_lr_factor(iteration,
-    iterations)``, which scales the step size of every parameter group at each iteration.
+    Each step asks the algorithm for ``meta_gradient(batch)`` and applies it with the
+    algorithm's ``outer_optimizer(params, outer_lr)`` (MAML: Adam with step size beta =
+    ``outer_lr``; Reptile: SGD) unless an ``optimizer`` is given, its step size scaled by
+    ``outer_lr_factor(iteration, iterations)`` (see :class:`mlcourse.algorithms.MetaLearner`).
 
     Every ``val_every`` iterations it evaluates on ``val_tasks`` tasks of ``val_sampler``.
-    With ``checkpoint`` it saves model, optimiser, sampler-generator state and history every
-    ``checkpoint_every`` iterations and at the end, and resumes from that file if it exists
-    (so a resumed run continues exactly as an uninterrupted one). It stops with
+    With ``checkpoint`` it saves model, optimiser, sampler-generator state, history and
+    ``settings`` (what made the run) every ``checkpoint_every`` iterations and at the end, and
+    resumes from that file if it exists (so a resumed run continues exactly as an uninterrupted
+    one). A checkpoint whose recorded settings differ from ``settings`` raises
+    :class:`CheckpointError` before any training, unless ``restart`` (start over). It stops with
     ``FloatingPointError`` on a NaN/Inf loss or gradient.
 
     Returns the history: ``{"iteration", "loss", "val_iteration", "val_mean", "val_ci95", "seconds"}``.
@@ -103,20 +178,21 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
     check_int("val_every", val_every, 0)
     check_int("checkpoint_every", checkpoint_every, 1)
     device = torch.device(device) if device is not None else default_device()
-    algorithm.model.to(device)
-    if optimizer is None and callable(getattr(algorithm, "outer_optimizer", None)):
-        optimizer = algorithm.outer_optimizer(algorithm.parameters())
-    elif optimizer is None:
-        optimizer = torch.optim.Adam(algorithm.parameters(), lr=check_positive("outer_lr", outer_lr))
+    algorithm.to(device)
+    if optimizer is None:
+        optimizer = algorithm.outer_optimizer(algorithm.parameters(), outer_lr)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
-    lr_factor = getattr(algorithm, "outer_lr_factor", None)
     generator = torch.Generator().manual_seed(seed)
     history = {"iteration": [], "loss": [], "val_iteration": [], "val_mean": [], "val_ci95": [], "seconds": 0.0}
     start = 0
     path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.exists():
-        state = torch.load(path, map_location=device, weights_only=True)
+    if path is not None and restart:
+        for stale in (path, path.with_name(path.name + ".prev")):
+            stale.unlink(missing_ok=True)
+    if path is not None and (path.exists() or path.with_name(path.name + ".prev").exists()):
+        state = _read_checkpoint(path, device)
+        _check_settings(path, state, settings)
         algorithm.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"].cpu())  # map_location may have moved it
@@ -124,35 +200,27 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
 
     def save(iteration):
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            torch.save({"model": algorithm.state_dict(), "optimizer": optimizer.state_dict(),
-                        "generator": generator.get_state(), "history": history, "iteration": iteration}, tmp)
-            os.replace(tmp, path)  # never leave a half-written checkpoint
+            from . import __version__
 
-    params = algorithm.parameters()
+            _save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "mlcourse": __version__, "settings": settings,
+                                    "model": algorithm.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "generator": generator.get_state(), "history": history,
+                                    "iteration": iteration})
+
+    named = dict(algorithm.model.named_parameters())
     tic = time.perf_counter()
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=desc, disable=not progress)
     for it in bar:
         algorithm.model.train()
         batch = sampler.sample(meta_batch, generator=generator).to(device)
         optimizer.zero_grad(set_to_none=True)
-        if callable(lr_factor):  # a function of the iteration alone, so a resumed run matches
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * lr_factor(it, iterations)
-        if callable(getattr(algorithm, "meta_gradient", None)):
-            loss, grads = algorithm.meta_gradient(batch)
-            named = dict(algorithm.model.named_parameters())
-            for name, g in grads.items():
-                named[name].grad = g.detach()
-            _check_finite(loss.detach(), "the meta-loss", it)
-        else:
-            loss = algorithm.meta_loss(batch)
-            _check_finite(loss.detach(), "the meta-loss", it)  # before backward: no work on garbage
-            loss.backward()
-        for p in params:
-            if p.grad is not None:
-                _check_finite(p.grad, "a meta-gradient", it)
+        for group in optimizer.param_groups:  # a function of the iteration alone, so a resumed run matches
+            group["lr"] = group["initial_lr"] * algorithm.outer_lr_factor(it, iterations)
+        loss, grads = algorithm.meta_gradient(batch)
+        _check_finite(loss.detach(), "the meta-loss", it)
+        for name, g in grads.items():
+            _check_finite(g, "a meta-gradient", it)
+            named[name].grad = g.detach()
         optimizer.step()
         history["iteration"].append(it + 1)
         history["loss"].append(loss.item())

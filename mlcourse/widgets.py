@@ -6,6 +6,7 @@ import copy
 import matplotlib.pyplot as plt
 import torch
 
+from .functional import flatten
 from .plots import grid, sinusoid_fit
 from .tasks import Sinusoid
 
@@ -102,7 +103,7 @@ def draw_taylor_error(loss_of, theta, tasks, inner_lr: float, k: int):
     zero = {p: 0 * v for p, v in avg_inner.items()}
     lead = taylor.predicted_gradients(avg_grad, zero, inner_lr, k)
     names = list(taylor.ALGORITHMS)
-    err = lambda pred: [(taylor.flat(exact[n]) - taylor.flat(pred[n])).norm().item() for n in names]  # noqa: E731
+    err = lambda pred: [(flatten(exact[n]) - flatten(pred[n])).norm().item() for n in names]  # noqa: E731
     fig, ax = plt.subplots(figsize=(5.5, 3))
     x = torch.arange(len(names)).numpy()
     ax.bar(x - 0.2, err(lead), 0.4, label="AvgGrad term only")

@@ -8,9 +8,9 @@ from torch import nn
 from torch.func import functional_call
 
 from mlcourse.algorithms.imaml import IMAML
-from mlcourse.functional import params_of
-from mlcourse.implicit import (CGNotConvergedWarning, conjugate_gradient, explicit_hessian, flatten, hvp,
-                               hvp_forward_over_reverse, unflatten)
+from mlcourse.functional import flatten, params_of, unflatten
+from mlcourse.implicit import (CGNotConvergedWarning, conjugate_gradient, explicit_hessian, hvp,
+                               hvp_forward_over_reverse)
 from mlcourse.nn import MLP, ConvNet
 from mlcourse.tasks import Sinusoid, TaskBatch
 from mlcourse.train import evaluate, meta_train
@@ -335,19 +335,6 @@ def test_predict_on_convnet_matches_manual_adaptation():
         out = alg.predict(batch)
     phi = alg.adapt(x, y)
     torch.testing.assert_close(out[0], functional_call(model, phi, (x,)))
-
-
-def test_profiling_specs_build_each_algorithm():
-    from mlcourse.profiling import build as build_from_spec
-
-    spec = dict(model="mlp", meta_batch=2, shots=3, queries=3, inner_steps=2, inner_lr=0.01, lam=2.0, cg_steps=2)
-    for name, kind in (("maml", "MAML"), ("fomaml", "MAML"), ("imaml-gd", "IMAML"), ("imaml-hf", "IMAML")):
-        alg, batch = build_from_spec({**spec, "algorithm": name}, torch.device("cpu"))
-        assert type(alg).__name__ == kind and batch.num_tasks == 2
-        assert getattr(alg, "first_order", False) == (name == "fomaml")
-        assert getattr(alg, "inner_solver", None) in (None, "gd" if name == "imaml-gd" else "newton_cg")
-    with pytest.raises(ValueError, match="algorithm='reptile2'"):
-        build_from_spec({**spec, "algorithm": "reptile2"}, torch.device("cpu"))
 
 
 def _build_and_die(spec, device):

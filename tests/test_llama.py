@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from mlcourse import bayes
+from mlcourse import curvature
+from mlcourse.analysis import evidence
 from mlcourse.algorithms.llama import LLAMA
 from mlcourse.nn import MLP, ConvNet
 from mlcourse.tasks import Sinusoid, TaskBatch
@@ -38,7 +39,7 @@ def exact_ggn(model, x, y):
         return functional_call(model, params, (x,))
 
     J = torch.func.jacrev(outputs)(flat)  # (N, D, P)
-    R = bayes.output_hessian_root(outputs(flat).detach(), y)  # (N, D, C)
+    R = curvature.output_hessian_root(outputs(flat).detach(), y)  # (N, D, C)
     M = R @ R.transpose(1, 2)
     return torch.einsum("ndp,nde,neq->pq", J, M, J), names, shapes
 
@@ -69,7 +70,7 @@ def test_kfac_logdet_equals_explicit_kronecker(rows_a, rows_g):
     g = torch.Generator().manual_seed(rows_a)
     acts = torch.randn(rows_a, 1, 5, generator=g, dtype=torch.float64)  # few rows: A rank-deficient
     grads = torch.randn(rows_a, 2, 1, 3, generator=g, dtype=torch.float64)
-    layer = bayes.LayerCurvature("w", None, acts, grads)
+    layer = curvature.LayerCurvature("w", None, acts, grads)
     A, G, scale = layer.factors()
     for tau in (1e-3, 0.7):
         explicit = torch.logdet(scale * torch.kron(A, G) + tau * torch.eye(15, dtype=torch.float64))
@@ -83,7 +84,7 @@ def test_kfac_block_is_exact_for_one_example():
     x, y = batch.support_x[0], batch.support_y[0]
     H, names, shapes = exact_ggn(model, x, y)
     sl = param_slices(names, shapes)
-    layers = bayes.collect_layer_curvature(model, dict(model.named_parameters()), x, y)
+    layers = curvature.collect_layer_curvature(model, dict(model.named_parameters()), x, y)
     for layer in layers:
         A, G, scale = layer.factors()
         idx = augmented_index(sl, layer.weight, layer.bias)
@@ -96,7 +97,7 @@ def test_kfac_transform_has_the_inverse_curvature_as_covariance():
     b = torch.randn(6, 2, generator=g, dtype=torch.float64)
     A, G, scale, tau = a.T @ a / 4, b.T @ b / 6, 4.0, 0.3
     basis = torch.eye(6, dtype=torch.float64).view(6, 2, 3)  # every E = unit matrix (d_out=2, d_in=3)
-    T = torch.stack([bayes.kfac_transform(A, G, scale, tau, E).T.flatten() for E in basis], dim=1)  # column-major vec
+    T = torch.stack([curvature.kfac_transform(A, G, scale, tau, E).T.flatten() for E in basis], dim=1)  # column-major vec
     target = torch.linalg.inv(scale * torch.kron(A, G) + tau * torch.eye(6, dtype=torch.float64))
     assert torch.allclose(T @ T.T, target, atol=1e-12)
 
@@ -117,12 +118,12 @@ def test_diagonal_equals_exact_ggn_diagonal(task):
     sl = param_slices(names, shapes)
     diag = torch.diagonal(H)
     tau, total = 0.05, 0.0
-    for layer in bayes.collect_layer_curvature(model, dict(model.named_parameters()), x, y):
+    for layer in curvature.collect_layer_curvature(model, dict(model.named_parameters()), x, y):
         idx = augmented_index(sl, layer.weight, layer.bias)
         ours = layer.diagonal().T.flatten()  # column-major, like idx
         assert torch.allclose(ours, diag[idx], atol=1e-12)
         total = total + torch.log(diag[idx] + tau).sum()
-    assert torch.allclose(bayes.laplace_logdet(model, dict(model.named_parameters()), x, y, tau, "diagonal"), total)
+    assert torch.allclose(curvature.laplace_logdet(model, dict(model.named_parameters()), x, y, tau, "diagonal"), total)
 
 
 def test_conv_kfac_factors_match_unfolded_definition():
@@ -130,13 +131,13 @@ def test_conv_kfac_factors_match_unfolded_definition():
     model = ConvNet(ways=3, hidden=4, blocks=2).double()
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
     y = torch.tensor([0, 1, 2])
-    layers = bayes.collect_layer_curvature(model, dict(model.named_parameters()), x, y)
+    layers = curvature.collect_layer_curvature(model, dict(model.named_parameters()), x, y)
     assert [l.weight for l in layers] == ["features.0.weight", "features.3.weight", "head.weight"]
     conv = layers[0]
     assert conv.acts.shape == (3, 16, 10) and conv.grads.shape == (3, 3, 16, 4)  # 4x4 positions, 9+1 inputs
     # sum over positions and examples of g a^T is the gradient of sum_n f_n . R_n[:, c] w.r.t. W_aug
     out = model(x)
-    R = bayes.output_hessian_root(out, y)
+    R = curvature.output_hessian_root(out, y)
     w = model.features[0].weight
     for c in range(3):
         grad_w = torch.autograd.grad((out * R[:, :, c].detach()).sum(), w, retain_graph=True)[0]
@@ -220,9 +221,9 @@ def random_quadratic(n=6, seed=0):
 def test_early_stopping_is_map_under_implied_prior(k):
     H, phi_star, theta, g = random_quadratic()
     b = 0.5 / torch.linalg.eigvalsh(H).max().item()
-    Q = bayes.early_stopping_prior_covariance(H, k, b)
-    gd = bayes.gradient_descent_iterate(H, phi_star, theta, k, b)
-    assert torch.allclose(gd, bayes.map_estimate(H, phi_star, theta, Q), atol=1e-10)
+    Q = evidence.early_stopping_prior_covariance(H, k, b)
+    gd = evidence.gradient_descent_iterate(H, phi_star, theta, k, b)
+    assert torch.allclose(gd, evidence.map_estimate(H, phi_star, theta, Q), atol=1e-10)
     # the formula as written, O Lambda^-1 ((I - b Lambda)^-k - I) O^T
     lam, O = torch.linalg.eigh(H)
     assert torch.allclose(Q, O @ torch.diag(((1 - b * lam) ** -k - 1) / lam) @ O.T, rtol=1e-10, atol=1e-10)
@@ -230,18 +231,18 @@ def test_early_stopping_is_map_under_implied_prior(k):
     M = torch.randn(6, 6, generator=g, dtype=torch.float64)
     B = M @ M.T + torch.eye(6, dtype=torch.float64)
     B = 0.5 * B / torch.linalg.eigvals(B @ H).real.max()
-    QB = bayes.early_stopping_prior_covariance(H, k, B)
-    assert torch.allclose(bayes.gradient_descent_iterate(H, phi_star, theta, k, B),
-                          bayes.map_estimate(H, phi_star, theta, QB), atol=1e-10)
+    QB = evidence.early_stopping_prior_covariance(H, k, B)
+    assert torch.allclose(evidence.gradient_descent_iterate(H, phi_star, theta, k, B),
+                          evidence.map_estimate(H, phi_star, theta, QB), atol=1e-10)
 
 
 def test_prior_covariance_grows_with_k_and_rejects_large_steps():
     H, *_ = random_quadratic()
     b = 0.5 / torch.linalg.eigvalsh(H).max().item()
-    traces = [torch.trace(bayes.early_stopping_prior_covariance(H, k, b)).item() for k in (1, 2, 5)]
+    traces = [torch.trace(evidence.early_stopping_prior_covariance(H, k, b)).item() for k in (1, 2, 5)]
     assert traces[0] < traces[1] < traces[2]
     with pytest.raises(ValueError, match="reduce the step size"):
-        bayes.early_stopping_prior_covariance(H, 2, 1.5 / torch.linalg.eigvalsh(H).max().item())
+        evidence.early_stopping_prior_covariance(H, 2, 1.5 / torch.linalg.eigvalsh(H).max().item())
 
 
 def test_linear_regression_evidence_exact_and_laplace_agree():
@@ -249,7 +250,7 @@ def test_linear_regression_evidence_exact_and_laplace_agree():
     X = torch.randn(8, 3, generator=g, dtype=torch.float64)
     y = X @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 0.3 * torch.randn(8, generator=g, dtype=torch.float64)
     tau, sigma2, m = 2.0, 0.25, torch.tensor([0.5, 0.0, -0.5], dtype=torch.float64)
-    exact = bayes.linear_regression_log_evidence(X, y, tau, sigma2, m)
+    exact = evidence.linear_regression_log_evidence(X, y, tau, sigma2, m)
     mvn = torch.distributions.MultivariateNormal(X @ m, sigma2 * torch.eye(8, dtype=torch.float64) + X @ X.T / tau)
     assert torch.allclose(exact, mvn.log_prob(y), atol=1e-12)
 
@@ -258,14 +259,14 @@ def test_linear_regression_evidence_exact_and_laplace_agree():
         prior = torch.distributions.Normal(m, 1 / math.sqrt(tau)).log_prob(w).sum()
         return lik + prior
 
-    laplace = bayes.laplace_log_evidence(log_joint, torch.zeros(3, dtype=torch.float64))
+    laplace = evidence.laplace_log_evidence(log_joint, torch.zeros(3, dtype=torch.float64))
     assert abs(laplace["log_evidence"].item() - exact.item()) < 1e-10
 
 
 def test_laplace_is_not_exact_for_a_non_gaussian_integrand():
     # f(phi) = -phi^4 / 4: integral exp(f) = 2 Gamma(1/4) 4^(1/4) / 4; Laplace around a quartic fails,
     # so use f = -cosh(phi): integral = 2 K_0(1); Laplace gives -1 + 1/2 log(2 pi).
-    value = bayes.laplace_log_evidence(lambda u: -torch.cosh(u).sum(), torch.tensor([0.3], dtype=torch.float64))
+    value = evidence.laplace_log_evidence(lambda u: -torch.cosh(u).sum(), torch.tensor([0.3], dtype=torch.float64))
     grid = torch.linspace(-20, 20, 200001, dtype=torch.float64)
     numeric = math.log(torch.trapezoid(torch.exp(-torch.cosh(grid)), grid).item())
     assert abs(value["log_evidence"].item() - (-1 + 0.5 * math.log(2 * math.pi))) < 1e-12
@@ -291,9 +292,9 @@ def test_bad_input(kwargs, match):
 
 def test_bad_input_helpers():
     with pytest.raises(ValueError, match="curvature"):
-        bayes.laplace_logdet(small_mlp(), dict(small_mlp().named_parameters()), torch.zeros(2, 1, dtype=torch.float64),
+        curvature.laplace_logdet(small_mlp(), dict(small_mlp().named_parameters()), torch.zeros(2, 1, dtype=torch.float64),
                              torch.zeros(2, 1, dtype=torch.float64), 1.0, "exact")
     with pytest.raises(ValueError, match="prior_precision"):
-        bayes.linear_regression_log_evidence(torch.eye(2), torch.zeros(2), 0.0, 1.0)
+        evidence.linear_regression_log_evidence(torch.eye(2), torch.zeros(2), 0.0, 1.0)
     with pytest.raises(ValueError, match="k=0"):
-        bayes.early_stopping_prior_covariance(torch.eye(2), 0, 0.1)
+        evidence.early_stopping_prior_covariance(torch.eye(2), 0, 0.1)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from mlcourse.algorithms import MAML
 from mlcourse.algorithms.reptile import Reptile
 from mlcourse.analysis import taylor
-from mlcourse.functional import Adam, forward, inner_loop, params_of
+from mlcourse.functional import Adam, flatten, forward, inner_loop, params_of
 from mlcourse.nn import MLP, ConvNet
 from mlcourse.tasks import Sinusoid, TaskBatch
 from mlcourse.train import meta_train
@@ -79,7 +79,7 @@ def test_expansion_error_shrinks_like_alpha_squared_on_a_network():
     for alpha in (0.004, 0.002):
         exact = taylor.exact_gradients(loss_of, theta, tasks, alpha, 3)
         predicted = taylor.predicted_gradients(avg_grad, avg_inner, alpha, 3)
-        errors.append([(taylor.flat(exact[n]) - taylor.flat(predicted[n])).norm() for n in taylor.ALGORITHMS])
+        errors.append([(flatten(exact[n]) - flatten(predicted[n])).norm() for n in taylor.ALGORITHMS])
     slopes = [math.log2(a / b) for a, b in zip(*errors)]
     assert all(1.7 < s < 2.3 for s in slopes), slopes
 

@@ -1,4 +1,22 @@
-"""What every gradient-based meta-learner shares: the model, its loss, and how tasks are mapped."""
+"""The contract between an algorithm and the layers above it (training, evaluation, profiling, CLI).
+
+``meta_train``, ``evaluate``, ``profiling`` and the recipes call only what :class:`MetaLearner`
+defines here, never asking an algorithm what it can do. A new method subclasses it and
+overrides what differs from MAML; every method of the contract has a default:
+
+=======================================  ====================================================
+``meta_gradient(batch)``                 ``(loss, {name: grad})``; default: autograd of
+                                         ``meta_loss(batch)``
+``outer_optimizer(params, outer_lr)``    the outer update; default Adam with step ``outer_lr``
+``outer_lr_factor(iteration, total)``    the outer step-size schedule; default constant 1
+``inner_update(params, sx, sy, steps,    the inner loop U^k on one task; default ``steps`` of
+*extra)``                                gradient descent of size ``inner_lr``
+``task_extras(batch, steps)``            per-task tensors ``predict`` passes on to ``adapt``
+                                         (default none; Reptile's mini-batch indices)
+``eval_inner_steps``                     test-time adaptation steps (default: ``inner_steps``)
+``state_dict()`` / ``load_state_dict``   what a checkpoint saves (default: the model's)
+=======================================  ====================================================
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -7,53 +25,62 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from ..functional import Params, choose_vectorised, forward, map_tasks, params_of
+from ..functional import Params, choose_vectorised, forward, inner_loop, map_tasks, params_of
 from ..nn import has_torch_batchnorm
 from ..tasks.base import TaskBatch
+from ..utils import check_int, check_positive
 
 
 class MetaLearner:
     """Base class: holds ``model`` (whose parameters are the meta-parameters theta) and ``loss_fn``.
 
-    Subclasses define ``adapt(support_x, support_y, params=None, inner_steps=None)`` for one
-    task, and either ``meta_loss(batch)`` (a differentiable scalar) or ``meta_gradient(batch)``.
-    ``predict`` and the training/evaluation routines in :mod:`mlcourse.train` are shared.
+    A subclass sets ``inner_lr`` and ``inner_steps`` (and ``first_order``) or overrides
+    ``inner_update``, and defines ``meta_loss(batch)`` or ``meta_gradient(batch)``.
 
     ``vectorise``: "auto" (see :func:`mlcourse.functional.choose_vectorised`: vmap over tasks
     except for PyTorch batch-norm layers, and for convolutions on the CPU), True (vmap) or False
-    (a loop over tasks). ``chunk_size`` bounds how many tasks vmap runs at once.
+    (a loop over tasks). It is resolved once for the model's device, and again by :meth:`to`.
+    ``chunk_size`` bounds how many tasks vmap runs at once.
 
     ``transductive`` says how batch norm sees the query set when predicting (it changes nothing
     for a model without batch norm). True: the whole query set is one batch, so its statistics
     are shared between query examples (MAML's evaluation). False: each query example is
     classified alone, normalised with the statistics of the support set plus that one example
     (the Reptile paper's non-transductive setting). The papers' tables differ by it.
+
+    ``eval_inner_steps``: adaptation steps at test time (None: ``inner_steps``).
     """
 
+    inner_lr: float | dict = 0.0
+    inner_steps: int = 0
+    first_order: bool = False
+
     def __init__(self, model: nn.Module, loss_fn: Callable, vectorise="auto", chunk_size: int | None = None,
-                 transductive: bool = True):
+                 transductive: bool = True, eval_inner_steps: int | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.loss_fn = loss_fn
-        choose_vectorised(model, vectorise)  # reject a bad option now, not at the first batch
         self.vectorise = vectorise
         self.chunk_size = chunk_size
         if not isinstance(transductive, bool):
             raise TypeError(f"transductive={transductive!r} must be True or False")
         self.transductive = transductive
+        self.eval_inner_steps = None if eval_inner_steps is None else check_int("eval_inner_steps",
+                                                                                 eval_inner_steps, 0)
+        self._resolve_vectorised()
 
-    @property
-    def vectorised(self) -> bool:
-        """Whether tasks are mapped with vmap, decided for the device the model is on now."""
+    def _resolve_vectorised(self):
         device = next(iter(self.model.parameters()), torch.empty(0)).device
-        return choose_vectorised(self.model, self.vectorise, device) if isinstance(self.vectorise, str) \
-            else bool(self.vectorise)
+        self.vectorised = choose_vectorised(self.model, self.vectorise, device)
 
-    @vectorised.setter
-    def vectorised(self, value: bool):
-        self.vectorise = bool(value)  # an explicit override (tests use it to bypass the guard)
+    def to(self, device) -> "MetaLearner":
+        """Move the model to ``device`` and choose vmap or the loop for it."""
+        self.model.to(device)
+        self._resolve_vectorised()
+        return self
 
+    # -- parameters ----------------------------------------------------------------------------
     def parameters(self):
         """The meta-parameters the outer optimiser updates."""
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -67,14 +94,41 @@ class MetaLearner:
     def map_tasks(self, per_task: Callable, *task_tensors: torch.Tensor):
         return map_tasks(per_task, self.vectorised, *task_tensors, chunk_size=self.chunk_size)
 
+    # -- the inner loop ------------------------------------------------------------------------
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, params: Params | None = None,
+              inner_steps: int | None = None, *extra: torch.Tensor) -> Params:
+        """phi = U^k(params) on one task's support set (no task dimension); params default to theta,
+        steps to the training ``inner_steps``."""
+        params = self.meta_parameters() if params is None else params
+        steps = self.inner_steps if inner_steps is None else check_int("inner_steps", inner_steps, 0)
+        return self.inner_update(params, support_x, support_y, steps, *extra)
+
+    def inner_update(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, steps: int,
+                     *extra: torch.Tensor) -> Params:
+        """U^k: ``steps`` steps of gradient descent of size ``inner_lr`` on the support loss (eq. 1)."""
+        return inner_loop(lambda p: self.support_loss(p, support_x, support_y), params, self.inner_lr, steps,
+                          self.first_order, self.vectorised)
+
+    def test_steps(self, inner_steps: int | None = None) -> int:
+        """The adaptation steps at test time: ``inner_steps`` if given, else the algorithm's own."""
+        if inner_steps is not None:
+            return check_int("inner_steps", inner_steps, 0)
+        return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
+
+    def task_extras(self, batch: TaskBatch, steps: int) -> tuple:
+        """Per-task tensors (leading task dimension) that ``predict`` hands to ``adapt``."""
+        return ()
+
     def predict(self, batch: TaskBatch, inner_steps: int | None = None) -> torch.Tensor:
         """Adapt to each task's support set, then return the model's outputs on its query set."""
+        steps = self.test_steps(inner_steps)
         theta = self.meta_parameters()
+        extras = self.task_extras(batch, steps)
 
-        def per_task(sx, sy, qx):
-            return self.query_outputs(self.adapt(sx, sy, theta, inner_steps), sx, qx)
+        def per_task(sx, sy, qx, *extra):
+            return self.query_outputs(self.adapt(sx, sy, theta, steps, *extra), sx, qx)
 
-        return self.map_tasks(per_task, batch.support_x, batch.support_y, batch.query_x)
+        return self.map_tasks(per_task, batch.support_x, batch.support_y, batch.query_x, *extras)
 
     def query_outputs(self, phi: Params, support_x: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
         """The adapted model's outputs on one task's query set, transductively or not (see the class)."""
@@ -88,6 +142,28 @@ class MetaLearner:
             return torch.stack([alone(x) for x in query_x])
         return vmap(alone)(query_x)
 
+    # -- the outer loop ------------------------------------------------------------------------
+    def meta_loss(self, batch: TaskBatch) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} defines neither meta_loss nor meta_gradient")
+
+    def meta_gradient(self, batch: TaskBatch):
+        """(meta-loss, {name: its gradient w.r.t. theta}); algorithms whose direction is not a loss's
+        gradient (Reptile, iMAML) override this."""
+        loss = self.meta_loss(batch)
+        named = [(k, p) for k, p in self.model.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        return loss.detach(), {k: g for (k, _), g in zip(named, grads) if g is not None}
+
+    def outer_optimizer(self, params, outer_lr: float) -> torch.optim.Optimizer:
+        """theta <- Adam(theta, meta-gradient) with step size beta = ``outer_lr``."""
+        return torch.optim.Adam(params, lr=check_positive("outer_lr", outer_lr))
+
+    def outer_lr_factor(self, iteration: int, iterations: int) -> float:
+        """Scales the outer step size at ``iteration`` of ``iterations`` (a function of these alone,
+        so that a resumed run matches an uninterrupted one)."""
+        return 1.0
+
+    # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self):
         return self.model.state_dict()
 

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from ..functional import Params, forward, inner_loop
-from ..implicit import (DEFAULT_HVP, HVP_METHODS, CGNotConvergedWarning, axpy, conjugate_gradient, dot,
-                        gradient_and_hvp, hvp_operator)
+from ..functional import axpy
+from ..implicit import (DEFAULT_HVP, HVP_METHODS, CGNotConvergedWarning, conjugate_gradient, hvp_operator,
+                        newton_cg_step)
 from ..utils import check_int, check_positive
 from ..tasks.base import TaskBatch
 from .base import MetaLearner
@@ -52,6 +53,8 @@ class IMAML(MetaLearner):
         newton_cg_steps: CG iterations for each Newton direction (the paper: 5).
         max_backtracks: halvings of the Newton step before the line search gives up.
         hvp_method: "double_backward" or "forward_over_reverse" (see :mod:`mlcourse.implicit`).
+        eval_inner_steps: solver steps at test time (default: ``inner_steps``).
+        vectorise: "auto" or False, both the per-task loop (see below).
         transductive: see :class:`MetaLearner`.
 
     Tasks are always mapped by a Python loop, never ``vmap``: CG and the line search branch on
@@ -62,9 +65,12 @@ class IMAML(MetaLearner):
     def __init__(self, model: nn.Module, loss_fn: Callable, lam: float, inner_solver: str = "gd",
                  inner_steps: int = 16, cg_steps: int = 5, inner_lr: float | None = None, cg_tol: float = 1e-2,
                  newton_cg_steps: int = 5, max_backtracks: int = 10, hvp_method: str = DEFAULT_HVP,
-                 transductive: bool = True):
-        # vectorise=False: the per-task loop, see the class docstring
-        super().__init__(model, loss_fn, vectorise=False, transductive=transductive)
+                 eval_inner_steps: int | None = None, vectorise="auto", transductive: bool = True):
+        if vectorise is True:
+            raise ValueError("vectorise=True is not possible for iMAML: CG and the line search branch on values, "
+                             "which vmap cannot batch; allowed 'auto' or False (both take the per-task loop)")
+        super().__init__(model, loss_fn, vectorise=False, transductive=transductive,
+                         eval_inner_steps=eval_inner_steps)
         self.lam = check_positive("lam", lam)
         if inner_solver not in INNER_SOLVERS:
             raise ValueError(f"inner_solver={inner_solver!r} is unknown: allowed {', '.join(map(repr, INNER_SOLVERS))}")
@@ -96,43 +102,17 @@ class IMAML(MetaLearner):
 
         return loss_of
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, params: Params | None = None,
-              inner_steps: int | None = None) -> Params:
+    def inner_update(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                     steps: int) -> Params:
         """phi ~ Alg*(theta) on one task's support set (no task dimension); detached from theta."""
-        theta = self.meta_parameters() if params is None else params
-        steps = self.inner_steps if inner_steps is None else check_int("inner_steps", inner_steps, 0)
-        phi = {k: v.detach() for k, v in theta.items()}
+        phi = {k: v.detach() for k, v in params.items()}
         loss_of = self.proximal_loss(phi, support_x, support_y)
         with torch.no_grad():  # no graph through the solver: memory flat in the number of steps
             if self.inner_solver == "gd":
                 return inner_loop(loss_of, phi, self.inner_lr, steps, first_order=True, vectorised=False)
             for _ in range(steps):
-                phi = self._newton_step(loss_of, phi)
+                phi = newton_cg_step(loss_of, phi, self.newton_cg_steps, self.max_backtracks, self.hvp_method)
         return phi
-
-    def _newton_step(self, loss_of, phi: Params) -> Params:
-        """One Hessian-free Newton step on G with a backtracking (Armijo) line search."""
-        value, grad, hess = gradient_and_hvp(loss_of, phi)
-        if self.hvp_method != "double_backward":
-            hess = hvp_operator(loss_of, phi, self.hvp_method)
-        # Truncated Newton: a few CG iterations on (H + lam I) d = -grad G. Stopping early is the
-        # method (not an error), so no warning; CG from 0 keeps d a descent direction while the
-        # curvature met is positive.
-        direction, _, _ = conjugate_gradient(hess, {k: -g for k, g in grad.items()}, self.newton_cg_steps,
-                                             tol=1e-10, warn=False)
-        slope = dot(grad, direction)
-        if not (slope < 0):  # no curvature information (e.g. negative curvature at once): steepest descent
-            direction = {k: -g for k, g in grad.items()}
-            slope = -dot(grad, grad)
-        if slope == 0:
-            return phi  # already stationary
-        step = 1.0
-        for _ in range(self.max_backtracks + 1):
-            trial = axpy(step, direction, phi)
-            if loss_of(trial) <= value + 1e-4 * step * slope:
-                return trial
-            step *= 0.5
-        return phi  # no decrease found: keep phi (the line search never makes G worse)
 
     # -- the meta-gradient ----------------------------------------------------------------------
     def task_meta_gradient(self, support_x, support_y, query_x, query_y, theta: Params | None = None):

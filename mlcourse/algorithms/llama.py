@@ -18,18 +18,18 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..bayes import CURVATURES, laplace_logdet, sample_laplace_posterior
-from ..functional import Params, forward, inner_loop
-from ..utils import check_int, check_positive
+from ..curvature import CURVATURES, laplace_logdet, sample_laplace_posterior
+from ..functional import Params, forward
 from ..tasks.base import TaskBatch
-from .base import MetaLearner
+from ..utils import check_positive
+from .maml import MAML
 
 
-class LLAMA(MetaLearner):
+class LLAMA(MAML):
     """MAML whose meta-objective adds eta * log det H_hat (the Laplace complexity term) per task.
 
     Meta-objective:  mean_j [ L_j^test(phi_hat_j) + eta log det H_hat_j ],  phi_hat_j = U^k(theta),
-    H_hat_j = sum_n curvature of l_n at phi_hat_j (K-FAC or diagonal) + tau I  (see mlcourse.bayes).
+    H_hat_j = sum_n curvature of l_n at phi_hat_j (K-FAC or diagonal) + tau I  (see mlcourse.curvature).
     The curvature depends on theta through phi_hat_j, and that dependence is differentiated.
 
     Args:
@@ -40,30 +40,22 @@ class LLAMA(MetaLearner):
         curvature: "kfac" or "diagonal".
         noise_variance: regression only, sigma^2 of the Gaussian likelihood whose curvature is used;
             default: the one that makes it the loss, D/2 for a mean squared error over D outputs.
-        vectorise, chunk_size, transductive: see :class:`MetaLearner`.
+        eval_inner_steps, vectorise, chunk_size, transductive: see :class:`MAML`.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, inner_lr: float, inner_steps: int = 1,
                  prior_precision: float = 1e-3, eta: float = 1e-6, curvature: str = "kfac",
-                 noise_variance: float | None = None, vectorise="auto", chunk_size: int | None = None,
-                 transductive: bool = True):
-        super().__init__(model, loss_fn, vectorise, chunk_size, transductive)
-        self.inner_lr = check_positive("inner_lr", inner_lr)
-        self.inner_steps = check_int("inner_steps", inner_steps, 1)
+                 noise_variance: float | None = None, eval_inner_steps: int | None = None, vectorise="auto",
+                 chunk_size: int | None = None, transductive: bool = True):
+        # phi_hat = U^k(theta): MAML's inner loop, unchanged (second order)
+        super().__init__(model, loss_fn, inner_lr, inner_steps, False, eval_inner_steps, vectorise, chunk_size,
+                         transductive)
         self.prior_precision = check_positive("prior_precision", prior_precision)
         self.eta = check_positive("eta", eta)
         if curvature not in CURVATURES:
             raise ValueError(f"curvature={curvature!r} is unknown: allowed {', '.join(map(repr, CURVATURES))}")
         self.curvature = curvature
         self.noise_variance = None if noise_variance is None else check_positive("noise_variance", noise_variance)
-
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, params: Params | None = None,
-              inner_steps: int | None = None) -> Params:
-        """phi_hat = U^k(theta) on one task's support set: MAML's inner loop, unchanged."""
-        params = self.meta_parameters() if params is None else params
-        steps = self.inner_steps if inner_steps is None else check_int("inner_steps", inner_steps, 0)
-        return inner_loop(lambda p: self.support_loss(p, support_x, support_y), params,
-                          self.inner_lr, steps, False, self.vectorised)
 
     def log_det(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
         """log det H_hat at ``params`` on one task's support set (differentiable)."""

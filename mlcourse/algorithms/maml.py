@@ -6,9 +6,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..functional import Params, forward, inner_loop
-from ..utils import check_int, check_positive
+from ..functional import forward
 from ..tasks.base import TaskBatch
+from ..utils import check_int, check_positive
 from .base import MetaLearner
 
 
@@ -24,26 +24,19 @@ class MAML(MetaLearner):
         model: any ``nn.Module``; its parameters are theta.
         loss_fn: ``loss_fn(prediction, target)``, e.g. ``F.cross_entropy`` or ``F.mse_loss``.
         inner_lr: alpha > 0.
-        inner_steps: k >= 1, used in meta-training and (unless overridden) adaptation.
+        inner_steps: k >= 1 in meta-training.
         first_order: FOMAML.
+        eval_inner_steps: k at test time (default: ``inner_steps``; the paper uses 3 on Omniglot 5-way).
         vectorise, chunk_size, transductive: see :class:`MetaLearner`.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, inner_lr: float, inner_steps: int = 1,
-                 first_order: bool = False, vectorise="auto", chunk_size: int | None = None,
-                 transductive: bool = True):
-        super().__init__(model, loss_fn, vectorise, chunk_size, transductive)
+                 first_order: bool = False, eval_inner_steps: int | None = None, vectorise="auto",
+                 chunk_size: int | None = None, transductive: bool = True):
+        super().__init__(model, loss_fn, vectorise, chunk_size, transductive, eval_inner_steps)
         self.inner_lr = check_positive("inner_lr", inner_lr)
         self.inner_steps = check_int("inner_steps", inner_steps, 1)
         self.first_order = bool(first_order)
-
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, params: Params | None = None,
-              inner_steps: int | None = None) -> Params:
-        """phi = U^k(theta) on one task's support set (no task dimension)."""
-        params = self.meta_parameters() if params is None else params
-        steps = self.inner_steps if inner_steps is None else check_int("inner_steps", inner_steps, 0)
-        return inner_loop(lambda p: self.support_loss(p, support_x, support_y), params,
-                          self.inner_lr, steps, self.first_order, self.vectorised)
 
     def meta_loss(self, batch: TaskBatch) -> torch.Tensor:
         """mean_i L_i^test(U^k(theta)): differentiable w.r.t. ``model.parameters()``."""

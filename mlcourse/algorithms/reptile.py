@@ -53,7 +53,7 @@ class Reptile(MetaLearner):
                  inner_batch: int | None = None, sampling: str = "cycle", eval_inner_steps: int | None = None,
                  eval_inner_batch: int | None = None, carry_inner_state: bool = True, seed: int = 0,
                  vectorise="auto", chunk_size: int | None = None, transductive: bool = True):
-        super().__init__(model, loss_fn, vectorise, chunk_size, transductive)
+        super().__init__(model, loss_fn, vectorise, chunk_size, transductive, eval_inner_steps)
         self.inner_lr = check_positive("inner_lr", inner_lr)
         self.inner_steps = check_int("inner_steps", inner_steps, 1)
         self.outer_step_size = check_positive("outer_step_size", outer_step_size)
@@ -68,8 +68,6 @@ class Reptile(MetaLearner):
             raise ValueError(f"sampling={sampling!r} is unknown: allowed {', '.join(SAMPLINGS)}")
         self.sampling = sampling
         self.inner_batch = None if inner_batch is None else check_int("inner_batch", inner_batch, 1)
-        self.eval_inner_steps = self.inner_steps if eval_inner_steps is None else check_int(
-            "eval_inner_steps", eval_inner_steps, 0)
         self.eval_inner_batch = self.inner_batch if eval_inner_batch is None else check_int(
             "eval_inner_batch", eval_inner_batch, 1)
         self.carry_inner_state = bool(carry_inner_state)
@@ -77,8 +75,8 @@ class Reptile(MetaLearner):
         self.inner_state: dict | None = None  # the carried inner-optimiser state (Adam's moments)
 
     # -- the outer update, as meta_train applies it ------------------------------------------
-    def outer_optimizer(self, params):
-        """theta <- theta - eps * (theta - mean_i W_i): plain SGD with step size eps."""
+    def outer_optimizer(self, params, outer_lr=None):
+        """theta <- theta - eps * (theta - mean_i W_i): plain SGD with step size eps (``outer_lr`` unused)."""
         return torch.optim.SGD(params, lr=self.outer_step_size)
 
     def outer_lr_factor(self, iteration: int, iterations: int) -> float:
@@ -111,39 +109,28 @@ class Reptile(MetaLearner):
         return inner_loop(losses, theta, self.inner_lr, steps, first_order=True, vectorised=self.vectorised,
                           optimizer=self.inner_optimizer, state=state, return_state=True)
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, params: Params | None = None,
-              inner_steps: int | None = None, indices: torch.Tensor | None = None) -> Params:
-        """W = U^k(theta) on one task at test time, with the evaluation settings; the inner optimiser
-        starts from a copy of the carried state (or a fresh one), which is then discarded."""
-        params = self.meta_parameters() if params is None else params
-        steps = self.eval_inner_steps if inner_steps is None else check_int("inner_steps", inner_steps, 0)
+    def inner_update(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, steps: int,
+                     indices: torch.Tensor | None = None) -> Params:
+        """W = U^k(theta) on one task at test time, on mini-batches ``indices`` [steps, batch] (default:
+        the evaluation batch size, in a fixed order); the inner optimiser starts from a copy of the
+        carried state (or a fresh one), which is then discarded."""
         if indices is None and self.eval_inner_batch is not None:
-            generator = torch.Generator().manual_seed(0)
-            indices = self.batch_indices(1, support_x.shape[0], steps, self.eval_inner_batch, generator)
+            indices = self.batch_indices(1, support_x.shape[0], steps, self.eval_inner_batch,
+                                         torch.Generator().manual_seed(0))
             indices = None if indices is None else indices[0]
         with torch.no_grad():
             return self._inner(support_x, support_y, params, steps, indices, self._start_state(params))[0]
+
+    def task_extras(self, batch: TaskBatch, steps: int) -> tuple:
+        """Every task's evaluation mini-batches, in a fixed order so that predictions are repeatable."""
+        indices = self.batch_indices(batch.num_tasks, batch.support_x.shape[1], steps, self.eval_inner_batch,
+                                     torch.Generator().manual_seed(0))
+        return () if indices is None else (indices.to(batch.support_x.device),)
 
     def _start_state(self, params: Params):
         if self.carry_inner_state and self.inner_state is not None:
             return self.inner_state  # inner_loop is functional: the carried state itself is never changed
         return self.inner_optimizer.init(params)
-
-    def predict(self, batch: TaskBatch, inner_steps: int | None = None) -> torch.Tensor:
-        """Adapt to each support set (fixed mini-batch order, so predictions are repeatable), score queries."""
-        steps = self.eval_inner_steps if inner_steps is None else check_int("inner_steps", inner_steps, 0)
-        theta = {k: v.detach() for k, v in self.meta_parameters().items()}
-        indices = self.batch_indices(batch.num_tasks, batch.support_x.shape[1], steps, self.eval_inner_batch,
-                                     torch.Generator().manual_seed(0))
-        indices = None if indices is None else indices.to(batch.support_x.device)
-        if indices is None:
-            def per_task(sx, sy, qx):
-                return self.query_outputs(self.adapt(sx, sy, theta, steps), sx, qx)
-            return self.map_tasks(per_task, batch.support_x, batch.support_y, batch.query_x)
-
-        def per_task_batched(sx, sy, qx, idx):
-            return self.query_outputs(self.adapt(sx, sy, theta, steps, idx), sx, qx)
-        return self.map_tasks(per_task_batched, batch.support_x, batch.support_y, batch.query_x, indices)
 
     # -- one meta-iteration --------------------------------------------------------------------
     def meta_gradient(self, batch: TaskBatch):

@@ -28,7 +28,6 @@ from typing import Callable, Sequence
 import torch
 
 from ..functional import Params, inner_loop
-from ..implicit import flatten as flat  # one vector from a parameter dict (norms, plots)
 from ..implicit import gradient_and_hvp
 from ..utils import check_int, check_positive
 

@@ -1,0 +1,75 @@
+"""What the first cell of every chapter does once ``mlcourse`` can be imported.
+
+The cell itself (``notebooks/_setup_cell.py``, pasted into each chapter) installs the package from
+the book's repository when it is missing, as in a fresh Colab runtime, then calls :func:`setup`:
+
+>>> budget, device = setup(data=("omniglot",))          # doctest: +SKIP
+budget: default   device: cuda   torch 2.5.1+cu121
+
+Nothing here reads ``_config.yml`` at run time: :data:`REPOSITORY_URL` is a copy of its
+``repository: url:`` that a test keeps equal to it.
+"""
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple
+
+import torch
+
+from .budget import Budget, get_budget
+from .utils import default_device
+
+#: The book's repository; the same string as ``repository: url:`` in ``_config.yml`` (tested).
+REPOSITORY_URL = "https://github.com/mlcourse/mlcourse"
+
+#: Environment variable that replaces the pip source of the setup cell (a path, a wheel, a URL).
+INSTALL_SOURCE_ENV = "MLCOURSE_INSTALL_SOURCE"
+
+#: Resolution of the figures, on screen and stored: a default 6.4-inch-wide figure is 960 px wide.
+FIGURE_DPI = 150
+
+#: The data sets that :func:`setup` can fetch ahead of the chapter's first use.
+DATASETS = ("omniglot",)
+
+
+class Setup(NamedTuple):
+    """What :func:`setup` returns; unpacks as ``budget, device = setup()``."""
+
+    budget: Budget
+    device: torch.device
+
+
+def in_colab() -> bool:
+    """True inside a Google Colab runtime (its ``google.colab`` module is loaded at start)."""
+    return "google.colab" in sys.modules
+
+
+def setup(data=(), *, quiet: bool = False) -> Setup:
+    """Prepare a chapter: sharp figures, the device, the budget and, in Colab, its data.
+
+    ``data`` names the data sets the chapter reads (``("omniglot",)``). In Colab they are
+    downloaded now with the package's own loader (archives already there are kept), so that the
+    first training cell does not stall on a download; elsewhere the loaders fetch what is missing
+    on first use, from ``$MLCOURSE_DATA`` or the user cache. Prints one line,
+    ``budget: NAME   device: DEVICE   torch VERSION``, unless ``quiet``.
+    """
+    data = (data,) if isinstance(data, str) else tuple(data)
+    unknown = [name for name in data if name not in DATASETS]
+    if unknown:
+        raise ValueError(f"unknown data set(s) {unknown}: setup() can fetch {', '.join(DATASETS)}")
+
+    import matplotlib
+    import matplotlib.pyplot  # noqa: F401  (selects the backend before the settings below)
+
+    matplotlib.rcParams["figure.dpi"] = FIGURE_DPI
+    matplotlib.rcParams["savefig.dpi"] = FIGURE_DPI
+
+    budget = get_budget()  # $MLCOURSE_BUDGET, else "default"; an unknown name raises here
+    device = default_device()
+    if in_colab() and "omniglot" in data:
+        from .tasks.omniglot import download_omniglot
+
+        download_omniglot()
+    if not quiet:
+        print(f"budget: {budget.name}   device: {device}   torch {torch.__version__}")
+    return Setup(budget, device)
