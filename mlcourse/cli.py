@@ -1,9 +1,10 @@
-"""Command line: ``python -m mlcourse reproduce|download|budgets``.
+"""Command line: ``python -m mlcourse reproduce|download|budgets|grade|student-copy``.
 
     python -m mlcourse reproduce maml omniglot --ways 5 --shots 1 --budget paper --out result.json
     python -m mlcourse reproduce fomaml sinusoid --shots 10
     python -m mlcourse reproduce maml omniglot --iterations 5000 --checkpoint runs/maml.pt
     python -m mlcourse download omniglot --root ~/data
+    python -m mlcourse grade notebooks/02_maml.ipynb
 
 Every argument is checked, and the output file's folder made, before the first meta-iteration.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from . import grading
 from .budget import BUDGETS, get_budget
 from .recipes import BENCHMARKS, METHODS, run
 from .utils import default_device
@@ -112,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--root", default=None, help="data root (default: $MLCOURSE_DATA or the user cache)")
 
     sub.add_parser("budgets", help="print the sizes of each budget")
+    grading.add_subcommands(sub)
     return parser
 
 
@@ -130,6 +133,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
+    if args.command in ("grade", "student-copy"):
+        return grading.run(args)
     if args.command == "budgets":
         for b in BUDGETS.values():
             print(json.dumps(b.as_dict()))

@@ -12,6 +12,7 @@ Nothing here reads ``_config.yml`` at run time: :data:`REPOSITORY_URL` is a copy
 from __future__ import annotations
 
 import sys
+import time
 from typing import NamedTuple
 
 import torch
@@ -72,4 +73,26 @@ def setup(data=(), *, quiet: bool = False) -> Setup:
         download_omniglot()
     if not quiet:
         print(f"budget: {budget.name}   device: {device}   torch {torch.__version__}")
-    return Setup(budget, device)
+    global _started, _setup
+    _started, _setup = time.perf_counter(), Setup(budget, device)
+    return _setup
+
+
+_started: float | None = None
+_setup: Setup | None = None
+
+
+def finish(glue_name: str = "running_minutes") -> float:
+    """Print how long the chapter ran since :func:`setup` (its last cell calls this) and glue the
+    minutes under ``glue_name``, so the chapter's opening can quote the time of the stored run."""
+    if _started is None:
+        raise RuntimeError("finish() measures from setup(): run the chapter's first cell first")
+    minutes = (time.perf_counter() - _started) / 60
+    print(f"this chapter ran for {minutes:.1f} min at the {_setup.budget.name} budget on {_setup.device} "
+          f"({torch.get_num_threads()} threads)")
+    try:
+        from myst_nb import glue
+    except ImportError:  # outside the book's environment nothing needs the glued value
+        return minutes
+    glue(glue_name, round(minutes), display=False)  # an int: rendered without quotes
+    return minutes

@@ -231,13 +231,15 @@ def test_missing_root(tmp_path, monkeypatch):
     assert str(tmp_path / "omniglot") in msg and "images_background.zip" in msg
     assert "python -m mlcourse download omniglot" in msg and "MLCOURSE_DATA" in msg
 
-    # download=True with a failing download (offline): still a FileNotFoundError with the fix.
-    def offline(name, folder):
+    # download=True with a failing download (offline): still a FileNotFoundError with the fix,
+    # which is the manual route, not the download command that just failed.
+    def offline(name, folder, **options):
         raise OSError("no network")
 
     monkeypatch.setattr(om, "_download", offline)
-    with pytest.raises(FileNotFoundError, match="download failed.*no network.*python -m mlcourse download omniglot"):
+    with pytest.raises(FileNotFoundError, match="downloading it failed: no network.*by hand") as err:
         OmniglotRuns(root=tmp_path, download=True)
+    assert "python -m mlcourse download" not in str(err.value)
     monkeypatch.setenv("MLCOURSE_DATA", str(tmp_path / "elsewhere"))
     with pytest.raises(FileNotFoundError, match="elsewhere"):
         load_omniglot(download=True)
@@ -253,22 +255,26 @@ def test_download_over_http(tmp_path, monkeypatch):
         def log_message(self, *args):
             pass
 
-    handler = functools.partial(Quiet, directory=str(ROOT / "omniglot"))
+    # Laid out like the official repository (all_runs.zip in one-shot-classification/).
+    srv = tmp_path / "srv"
+    (srv / "one-shot-classification").mkdir(parents=True)
+    for name, rel in om.ARCHIVE_FILES.items():
+        (srv / rel).symlink_to(ROOT / "omniglot" / f"{name}.zip")
+    handler = functools.partial(Quiet, directory=str(srv))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        port = server.server_address[1]
-        monkeypatch.setattr(om, "URLS", {k: f"http://127.0.0.1:{port}/{k}.zip" for k in om.URLS})
-        folder = om.download_omniglot(tmp_path)
+        monkeypatch.setenv("MLCOURSE_OMNIGLOT_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        folder = om.download_omniglot(tmp_path, progress=False)
         assert folder == tmp_path / "omniglot"
         for name in ("images_background", "images_evaluation", "all_runs"):
             assert (folder / f"{name}.zip").read_bytes() == (ROOT / "omniglot" / f"{name}.zip").read_bytes()
-        assert not list(folder.glob("*.part"))
+        assert not list(tmp_path.rglob("*.part"))
         # Same archive contents -> same cache key: loads the existing cache, no decoding.
         monkeypatch.setattr(om, "_decode_archives", lambda *a, **k: pytest.fail("decoded again"))
         assert Omniglot(5, 1, 1, root=tmp_path, download=False).num_classes == 4400
         # Nothing left to download: no request is made.
-        monkeypatch.setattr(om, "_download", lambda *a: pytest.fail("downloaded again"))
+        monkeypatch.setattr(om, "_download", lambda *a, **k: pytest.fail("downloaded again"))
         om.download_omniglot(tmp_path)
     finally:
         server.shutdown()
@@ -342,10 +348,10 @@ def test_wrong_counts_fail_clearly(tmp_path, monkeypatch):
     _fake_archive(root / "omniglot" / "images_background.zip", "images_background",
                   {"A/character01": 20, "A/character02": 19})
     _fake_archive(root / "omniglot" / "images_evaluation.zip", "images_evaluation", {"B/character01": 20})
-    with pytest.raises(RuntimeError, match=r"A/character02: 19"):
+    with pytest.raises(om.DataError, match=r"A/character02: 19"):
         load_omniglot(root, download=False, progress=False)
     monkeypatch.setattr(om, "ARCHIVES", {"images_background": 964, "images_evaluation": 659})
-    with pytest.raises(RuntimeError, match=r"2 characters \(expected 964\)"):
+    with pytest.raises(om.DataError, match=r"2 characters \(expected 964\)"):
         load_omniglot(root, download=False, progress=False)
 
 

@@ -1,7 +1,7 @@
 """Task samplers: each has ``sample(meta_batch, generator=None) -> TaskBatch``."""
 from .base import SharedTail, TaskBatch
 from .miniimagenet import MiniImageNet
-from .omniglot import Omniglot, OmniglotRuns
+from .omniglot import DataError, Omniglot, OmniglotRuns
 from .sinusoid import Sinusoid
 
-__all__ = ["TaskBatch", "SharedTail", "Sinusoid", "Omniglot", "OmniglotRuns", "MiniImageNet"]
+__all__ = ["TaskBatch", "SharedTail", "Sinusoid", "Omniglot", "OmniglotRuns", "MiniImageNet", "DataError"]

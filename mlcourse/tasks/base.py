@@ -16,12 +16,67 @@ class TaskBatch:
     ``support_x`` is (tasks, N*K, *x_shape), ``support_y`` is (tasks, N*K) of int64 labels in
     0..N-1, ``query_x`` is (tasks, N*Q, *x_shape), ``query_y`` is (tasks, N*Q).
     For regression, ``*_y`` carry a trailing feature dimension, e.g. (tasks, K, 1).
+
+    Construction checks these shapes and dtypes (TypeError or ValueError naming the field, the
+    shape it has and the shape expected): ``*_x`` have at least 2 dimensions; ``*_y`` are
+    (tasks, examples) integer labels or (tasks, examples, outputs) floats, both of one dtype and
+    per-example shape; all four agree on the number of tasks, each x and its y on the number of
+    examples, and support and query x on the per-example shape.
     """
 
     support_x: torch.Tensor
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
+
+    def __post_init__(self):
+        # A batch with a missing or swapped dimension would train on garbage without an error.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, torch.Tensor):
+                kind = type(value)
+                module = "" if kind.__module__ == "builtins" else kind.__module__ + "."
+                raise TypeError(f"{f.name} must be a torch.Tensor, got {module}{kind.__qualname__}")
+
+        def fmt(shape) -> str:
+            return str(tuple(shape))
+
+        sx, sy, qx, qy = self.support_x, self.support_y, self.query_x, self.query_y
+        for name, x in (("support_x", sx), ("query_x", qx)):
+            if x.dim() < 2:
+                raise ValueError(f"{name} has shape {fmt(x.shape)}; expected (tasks, examples, ...)")
+        for name, y in (("support_y", sy), ("query_y", qy)):
+            if y.dim() not in (2, 3):
+                raise ValueError(f"{name} has shape {fmt(y.shape)}; expected (tasks, examples) integer "
+                                 f"labels or (tasks, examples, outputs) floats")
+            integer = not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool)
+            if y.dim() == 2 and not integer:
+                raise TypeError(f"{name} is a 2-D {y.dtype} tensor of shape {fmt(y.shape)}; expected "
+                                f"integer labels (or floats of shape (tasks, examples, outputs))")
+            if y.dim() == 3 and not y.dtype.is_floating_point:
+                raise TypeError(f"{name} is a 3-D {y.dtype} tensor of shape {fmt(y.shape)}; expected "
+                                f"floating-point targets (or integer labels of shape (tasks, examples))")
+        tasks = sx.shape[0]
+        for name, t in (("support_y", sy), ("query_x", qx), ("query_y", qy)):
+            if t.shape[0] != tasks:
+                raise ValueError(f"{name} has shape {fmt(t.shape)}; expected "
+                                 f"{fmt((tasks, *t.shape[1:]))}: {tasks} tasks like support_x")
+        for x_name, x, y_name, y in (("support_x", sx, "support_y", sy), ("query_x", qx, "query_y", qy)):
+            if y.shape[1] != x.shape[1]:
+                what = "label" if y.dim() == 2 else "target"
+                raise ValueError(f"{y_name} has shape {fmt(y.shape)}; expected "
+                                 f"{fmt((tasks, x.shape[1], *y.shape[2:]))}: one {what} per example "
+                                 f"of {x_name} {fmt(x.shape)}")
+        if qx.shape[2:] != sx.shape[2:]:
+            raise ValueError(f"query_x has shape {fmt(qx.shape)}; expected "
+                             f"{fmt((*qx.shape[:2], *sx.shape[2:]))}: the per-example shape of "
+                             f"support_x {fmt(sx.shape)}")
+        if qy.dtype != sy.dtype:
+            raise TypeError(f"query_y has dtype {qy.dtype}; expected {sy.dtype} like support_y")
+        if qy.shape[2:] != sy.shape[2:]:
+            raise ValueError(f"query_y has shape {fmt(qy.shape)}; expected "
+                             f"{fmt((*qy.shape[:2], *sy.shape[2:]))}: the outputs of support_y "
+                             f"{fmt(sy.shape)}")
 
     @property
     def num_tasks(self) -> int:

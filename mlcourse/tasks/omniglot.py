@@ -28,12 +28,19 @@ two splits share a character.  An N-way task draws N distinct classes of one spl
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import io
 import os
 import re
+import time
+import urllib.error
+import urllib.request
+import uuid
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -43,10 +50,13 @@ from .base import TaskBatch, check_episode, episode_indices, episodes_from
 
 __all__ = [
     "ARCHIVES",
+    "BASE_URL",
+    "DataError",
     "DRAWINGS_PER_CHARACTER",
     "IMAGE_SIZE",
     "Omniglot",
     "OmniglotRuns",
+    "archive_url",
     "cache_dir",
     "data_root",
     "download_omniglot",
@@ -64,24 +74,52 @@ RUNS_ARCHIVE = "all_runs"
 NUM_RUNS = 20
 RUN_WAYS = 20
 
-_BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
-URLS = {
-    "images_background": _BASE_URL + "images_background.zip",
-    "images_evaluation": _BASE_URL + "images_evaluation.zip",
-    "all_runs": _BASE_URL + "one-shot-classification/all_runs.zip",
+#: Where the archives are downloaded from; the environment variable ``MLCOURSE_OMNIGLOT_URL``
+#: (see :func:`archive_url`) overrides it, e.g. with a mirror.
+BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
+URL_ENV = "MLCOURSE_OMNIGLOT_URL"
+#: Each archive's path below the base URL.
+ARCHIVE_FILES = {
+    "images_background": "images_background.zip",
+    "images_evaluation": "images_evaluation.zip",
+    "all_runs": "one-shot-classification/all_runs.zip",
 }
+#: The page to fetch the archives from by hand.
+MANUAL_URL = "https://github.com/brendenlake/omniglot/tree/master/python"
+#: Download defaults: seconds to wait for each read, attempts per archive, first pause between them.
+DOWNLOAD_TIMEOUT = 30.0
+DOWNLOAD_TRIES = 3
+DOWNLOAD_BACKOFF = 2.0
 
 SPLITS = ("train", "val", "test")
 PROTOCOLS = ("maml", "lake")
 #: Seed of the fixed character permutation behind the splits (same on every machine).
 SPLIT_SEED = 1623
 # Bump when the decoded format or preprocessing changes, so stale cache files are not used.
-_CACHE_VERSION = 1
+# (2: the cache carries a SHA-256 of its content.)
+_CACHE_VERSION = 2
 
-_FIX = (
-    "set MLCOURSE_DATA to a folder holding omniglot/images_background.zip and "
-    "omniglot/images_evaluation.zip, or run: python -m mlcourse download omniglot --root DIR"
-)
+
+class DataError(ValueError):
+    """A data file is damaged or is not the file it should be.
+
+    The message is one line: the file, what is wrong with it and what to do.
+    """
+
+
+def _manual_route(folder: Path) -> str:
+    names = ", ".join(f"{n}.zip" for n in (*ARCHIVES, RUNS_ARCHIVE))
+    return (f"download {names} by hand from {MANUAL_URL} (all_runs.zip is in its "
+            f"one-shot-classification/ folder) and put them in {folder}/")
+
+
+def _damaged(path: Path, problem: str) -> DataError:
+    """The error for a bad archive ``<root>/omniglot/<name>.zip``: ``problem`` says what is wrong."""
+    return DataError(
+        f"{path} {problem}. Delete it and download it again "
+        f"(python -m mlcourse download omniglot --root {path.parent.parent}), "
+        f"or fetch it by hand from {MANUAL_URL}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,49 +156,127 @@ def cache_dir() -> Path:
 # Download
 
 
-def _download(name: str, folder: Path) -> Path:
-    """Fetch archive ``name`` into ``folder`` (atomically: a partial download never looks done)."""
-    from torchvision.datasets.utils import download_url
-
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{name}.zip"
-    part = folder / f"{name}.zip.part"
-    # No md5: the official archives and repacked copies differ; counts are checked after decoding.
-    download_url(URLS[name], str(folder), filename=part.name, md5=None)
-    if not zipfile.is_zipfile(part):
-        part.unlink(missing_ok=True)
-        raise OSError(f"downloaded {URLS[name]} but it is not a zip archive")
-    os.replace(part, final)
-    return final
+def archive_url(name: str) -> str:
+    """URL of archive ``name``: below ``$MLCOURSE_OMNIGLOT_URL`` if set, else below :data:`BASE_URL`."""
+    base = os.environ.get(URL_ENV) or BASE_URL
+    return base.rstrip("/") + "/" + ARCHIVE_FILES[name]
 
 
-def _archive_path(name: str, root, download: bool) -> Path:
-    """Path of ``<root>/omniglot/<name>.zip``, downloading it if missing and allowed."""
+def _fetch(url: str, dest: Path, timeout: float, desc: str, progress: bool) -> None:
+    """One attempt: stream ``url`` into ``dest`` (overwritten) with a progress bar."""
+    from tqdm.auto import tqdm
+
+    request = urllib.request.Request(url, headers={"User-Agent": "mlcourse"})
+    # The timeout bounds the connection and every read, so a stalled server cannot hang us.
+    with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
+        length = response.headers.get("Content-Length", "")
+        expected = int(length) if length.isdigit() else None
+        received = 0
+        with tqdm(total=expected, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                  disable=not progress) as bar:
+            while chunk := response.read(1 << 16):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    # http.client returns a short body without complaint when the connection drops early.
+    if expected is not None and received != expected:
+        raise OSError(f"incomplete transfer: got {received} of {expected} bytes")
+
+
+def _check_zip(path: Path) -> None:
+    """Raise OSError unless ``path`` is a zip archive whose members all pass their CRC check."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise OSError(f"the file received is not a valid zip archive ({exc})") from exc
+    if bad is not None:
+        raise OSError(f"the file received is damaged (bad CRC in {bad})")
+
+
+def _download(name: str, folder: Path, timeout: float | None = None, tries: int | None = None,
+              backoff: float | None = None, progress: bool = True) -> Path:
+    """Fetch archive ``name`` to ``folder/<name>.zip``; raise OSError naming the URL if every try fails.
+
+    ``timeout``, ``tries`` and ``backoff`` default to ``DOWNLOAD_TIMEOUT``, ``DOWNLOAD_TRIES`` and
+    ``DOWNLOAD_BACKOFF``; the pause before retry ``i`` is ``backoff * 2**(i-1)`` seconds. HTTP 4xx
+    errors are not retried. The bytes go to a hidden temporary file beside ``folder``, moved into
+    place (``os.replace``) only when complete and a valid zip, so a failed or interrupted download
+    leaves nothing that looks like data (nor any folder it created).
+    """
+    timeout = DOWNLOAD_TIMEOUT if timeout is None else timeout
+    tries = check_int("tries", DOWNLOAD_TRIES if tries is None else tries, 1)
+    backoff = DOWNLOAD_BACKOFF if backoff is None else backoff
+    url = archive_url(name)
+    parent = folder.parent
+    created = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
+    # A unique hidden name (not mkstemp, whose 0600 mode would keep a shared folder's archives private).
+    tmp = parent / f".omniglot-{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.zip.part"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, tries + 1):
+            try:
+                _fetch(url, tmp, timeout, f"{name}.zip", progress)
+                _check_zip(tmp)
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                client_error = isinstance(exc, urllib.error.HTTPError) and exc.code < 500
+                if attempt == tries or client_error:
+                    count = "1 try" if attempt == 1 else f"{attempt} tries"
+                    raise OSError(f"could not download {url} after {count} "
+                                  f"(last error {type(exc).__name__}: {exc})") from exc
+                time.sleep(backoff * 2 ** (attempt - 1))
+        folder.mkdir(exist_ok=True)
+        final = folder / f"{name}.zip"
+        os.replace(tmp, final)
+        return final
+    except BaseException:  # also on Ctrl-C: leave no partial file and no empty folders
+        tmp.unlink(missing_ok=True)
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
+def _archive_path(name: str, root, download: bool, **download_options) -> Path:
+    """Path of ``<root>/omniglot/<name>.zip``, downloading it if missing and allowed.
+
+    Raises FileNotFoundError with what to do when the archive is missing (and the download failed).
+    """
     folder = data_root(root) / "omniglot"
     path = folder / f"{name}.zip"
     if path.is_file():
         return path
-    reason = "download=False"
     if download:
         try:
-            return _download(name, folder)
-        except Exception as exc:  # no network, read-only folder, HTTP error, ...
-            reason = f"download failed: {type(exc).__name__}: {exc}"
-    expected = ", ".join(f"{n}.zip" for n in (*ARCHIVES, RUNS_ARCHIVE))
+            return _download(name, folder, **download_options)
+        except OSError as exc:  # no network, stalled server, HTTP error, read-only folder, ...
+            # Not "run the download command": that is what just failed.
+            raise FileNotFoundError(
+                f"Omniglot archive {path.name} is not in {folder}, and downloading it failed: {exc}. "
+                f"To fix: {_manual_route(folder)}, or set MLCOURSE_DATA to a folder whose omniglot/ "
+                f"subfolder holds them"
+            ) from exc
     raise FileNotFoundError(
-        f"Omniglot archive {path.name} not found in {folder} ({reason}). Expected there: "
-        f"{expected} (all_runs.zip only for OmniglotRuns). To fix: {_FIX}"
+        f"Omniglot archive {path.name} not found in {folder} (download=False). To fix: run "
+        f"python -m mlcourse download omniglot --root {data_root(root)}, or {_manual_route(folder)}, "
+        f"or set MLCOURSE_DATA to a folder whose omniglot/ subfolder holds them"
     )
 
 
-def download_omniglot(root=None) -> Path:
+def download_omniglot(root=None, *, timeout: float | None = None, tries: int | None = None,
+                      backoff: float | None = None, progress: bool = True) -> Path:
     """Download the missing Omniglot archives (both image archives and ``all_runs.zip``).
 
     They go to ``<root>/omniglot/`` (``root`` resolved by :func:`data_root`); archives already
-    there are kept. Returns that folder. Raises FileNotFoundError if a download fails.
+    there are kept. Returns that folder. ``timeout`` (seconds per read), ``tries`` and ``backoff``
+    default to ``DOWNLOAD_TIMEOUT``, ``DOWNLOAD_TRIES`` and ``DOWNLOAD_BACKOFF``. The source is
+    :func:`archive_url` (``$MLCOURSE_OMNIGLOT_URL`` overrides it). Raises FileNotFoundError, naming
+    the URL and where to put the files by hand, if a download fails.
     """
+    options = dict(timeout=timeout, tries=tries, backoff=backoff, progress=progress)
     for name in (*ARCHIVES, RUNS_ARCHIVE):
-        _archive_path(name, root, download=True)
+        _archive_path(name, root, download=True, **options)
     return data_root(root) / "omniglot"
 
 
@@ -189,11 +305,41 @@ def _png_members(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     return sorted(members, key=lambda i: i.filename)
 
 
+@contextlib.contextmanager
+def _open_zip(path: Path):
+    """``zipfile.ZipFile(path)``, a damaged file raising DataError instead."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise _damaged(path, f"is not a valid zip archive ({exc})") from exc
+    with zf:
+        yield zf
+
+
+def _read(zf: zipfile.ZipFile, member, path: Path) -> bytes:
+    """The bytes of ``member`` of archive ``path``; a bad CRC or compressed stream raises DataError."""
+    try:
+        return zf.read(member)
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:
+        name = getattr(member, "filename", member)
+        raise _damaged(path, f"is damaged: its member {name} cannot be read ({exc})") from exc
+
+
+def _decode_member(zf: zipfile.ZipFile, member, path: Path):
+    """:func:`_decode_png` of a member of archive ``path``, raising DataError if it is not a PNG."""
+    data = _read(zf, member, path)
+    try:
+        return _decode_png(data)
+    except Exception as exc:  # PIL raises several types for broken images
+        name = getattr(member, "filename", member)
+        raise _damaged(path, f"is damaged: its member {name} is not a readable PNG ({exc})") from exc
+
+
 def _cache_key(paths: dict[str, Path]) -> str:
     """Hash of every PNG's name, size and CRC (read from the zip directories; no decompression)."""
     h = hashlib.sha1(f"omniglot-v{_CACHE_VERSION}-{IMAGE_SIZE}".encode())
     for name, path in paths.items():
-        with zipfile.ZipFile(path) as zf:
+        with _open_zip(path) as zf:
             h.update(name.encode())
             for info in _png_members(zf):
                 h.update(f"{info.filename}:{info.file_size}:{info.CRC}\n".encode())
@@ -217,7 +363,7 @@ def _decode_archives(paths: dict[str, Path], progress: bool = True) -> dict:
 
     plan = []  # (archive, character, members)
     for archive, path in paths.items():
-        with zipfile.ZipFile(path) as zf:
+        with _open_zip(path) as zf:
             chars = _group_characters(_png_members(zf))
         expected = ARCHIVES[archive]
         bad = {c: len(m) for c, m in chars.items() if len(m) != DRAWINGS_PER_CHARACTER}
@@ -226,25 +372,18 @@ def _decode_archives(paths: dict[str, Path], progress: bool = True) -> dict:
             if bad:
                 some = ", ".join(f"{c}: {n}" for c, n in list(bad.items())[:3])
                 detail += f"; characters without {DRAWINGS_PER_CHARACTER} drawings: {some}"
-            raise RuntimeError(
-                f"{path} does not look like the Omniglot {archive} archive: {detail}. "
-                f"Delete it and download it again (python -m mlcourse download omniglot --root DIR)."
-            )
+            raise _damaged(path, f"does not look like the Omniglot {archive} archive: {detail}")
         plan.extend((archive, c, m) for c, m in chars.items())
 
     images = np.empty((len(plan), DRAWINGS_PER_CHARACTER, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     total = len(plan) * DRAWINGS_PER_CHARACTER
-    with tqdm(total=total, desc="Decoding Omniglot (once)", unit="img", disable=not progress) as bar:
-        open_zips = {a: zipfile.ZipFile(p) for a, p in paths.items()}
-        try:
-            for i, (archive, _, members) in enumerate(plan):
-                zf = open_zips[archive]
-                for j, info in enumerate(members):
-                    images[i, j] = _decode_png(zf.read(info))
-                bar.update(len(members))
-        finally:
-            for zf in open_zips.values():
-                zf.close()
+    with (tqdm(total=total, desc="Decoding Omniglot (once)", unit="img", disable=not progress) as bar,
+          contextlib.ExitStack() as stack):
+        open_zips = {a: stack.enter_context(_open_zip(p)) for a, p in paths.items()}
+        for i, (archive, _, members) in enumerate(plan):
+            for j, info in enumerate(members):
+                images[i, j] = _decode_member(open_zips[archive], info, paths[archive])
+            bar.update(len(members))
     return {
         "version": _CACHE_VERSION,
         "images": torch.from_numpy(images),
@@ -253,38 +392,66 @@ def _decode_archives(paths: dict[str, Path], progress: bool = True) -> dict:
     }
 
 
+def _content_hash(images: torch.Tensor, characters: list[str], archives: list[str]) -> str:
+    """SHA-256 of the decoded images' bytes and of the character and archive names."""
+    h = hashlib.sha256(images.contiguous().numpy())
+    for names in (characters, archives):
+        h.update(b"\0" + "\n".join(names).encode())
+    return h.hexdigest()
+
+
+def _load_cache(path: Path) -> dict | None:
+    """The cached dict if current and intact; else None, after a warning if the file is damaged."""
+    expected_shape = (sum(ARCHIVES.values()), DRAWINGS_PER_CHARACTER, IMAGE_SIZE, IMAGE_SIZE)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("version") != _CACHE_VERSION or tuple(data["images"].shape) != expected_shape:
+            return None  # another format: replaced without fuss
+        intact = data.get("sha256") == _content_hash(data["images"], data["characters"], data["archives"])
+    except Exception as exc:  # truncated or otherwise unreadable
+        warnings.warn(f"ignoring unreadable Omniglot cache {path} ({type(exc).__name__}: {exc}); "
+                      f"rebuilding it from the archives")
+        return None
+    if not intact:  # torch.load does not check the bytes of tensors, so a flipped bit gets here
+        warnings.warn(f"ignoring damaged Omniglot cache {path} (its checksum does not match its content); "
+                      f"rebuilding it from the archives")
+        return None
+    return data
+
+
 def load_omniglot(root=None, download: bool = True, progress: bool = True) -> dict:
     """All 1,623 characters, decoded: a dict with
 
     * ``"images"``: uint8 tensor (1623, 20, 28, 28), 255 = stroke, 0 = background;
     * ``"characters"``: their names ``alphabet/characterNN`` (background archive first, then
       evaluation, each sorted by path);
-    * ``"archives"``: for each character, ``"images_background"`` or ``"images_evaluation"``.
+    * ``"archives"``: for each character, ``"images_background"`` or ``"images_evaluation"``;
+    * ``"sha256"``: a checksum of the three above (and ``"version"``, of the cache format).
 
     The first call decodes the archives (a few seconds) and saves the result to
     ``cache_dir()/omniglot-28px-<key>.pt``, the key being a hash of the archives' member names,
-    sizes and CRCs; later calls load that file.
+    sizes and CRCs; later calls load that file, checking its checksum (a damaged file is rebuilt,
+    with a warning). Processes building it at once each write a temporary file and move it into
+    place atomically. A damaged archive raises :class:`DataError`.
     """
     paths = {name: _archive_path(name, root, download) for name in ARCHIVES}
     key = _cache_key(paths)
     cache_file = cache_dir() / f"omniglot-{IMAGE_SIZE}px-{key}.pt"
     if cache_file.is_file():
-        try:
-            data = torch.load(cache_file, map_location="cpu", weights_only=True)
-            if data.get("version") == _CACHE_VERSION and tuple(data["images"].shape) == (
-                sum(ARCHIVES.values()), DRAWINGS_PER_CHARACTER, IMAGE_SIZE, IMAGE_SIZE
-            ):
-                return data
-        except Exception as exc:  # corrupt or truncated file: decode again
-            warnings.warn(f"ignoring unreadable Omniglot cache {cache_file}: {exc}")
+        data = _load_cache(cache_file)
+        if data is not None:
+            return data
     data = _decode_archives(paths, progress=progress)
+    data["sha256"] = _content_hash(data["images"], data["characters"], data["archives"])
+    tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
         torch.save(data, tmp)
         os.replace(tmp, cache_file)
     except OSError as exc:
-        warnings.warn(f"could not write the Omniglot cache {cache_file} ({exc}); it will be decoded again next time")
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not write the Omniglot cache {cache_file} ({exc}); "
+                      f"it will be decoded again next time")
     return data
 
 
@@ -421,8 +588,10 @@ class OmniglotRuns:
         support = torch.empty(NUM_RUNS, RUN_WAYS, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
         query = torch.empty_like(support)
         query_y = torch.empty(NUM_RUNS, RUN_WAYS, dtype=torch.int64)
-        line = re.compile(r"^\s*(?:.*/)?(run\d+)/test/item(\d+)\.png\s+(?:.*/)?(run\d+)/training/class(\d+)\.png\s*$")
-        with zipfile.ZipFile(path) as zf:
+        line = re.compile(
+            r"^\s*(?:.*/)?(run\d+)/test/item(\d+)\.png\s+(?:.*/)?(run\d+)/training/class(\d+)\.png\s*$"
+        )
+        with _open_zip(path) as zf:
             # Member names relative to the runXX/ folders (tolerating an enclosing folder).
             names = {}
             for n in zf.namelist():
@@ -433,25 +602,27 @@ class OmniglotRuns:
                 run = f"run{r + 1:02d}"
                 try:
                     for i in range(RUN_WAYS):
-                        train_png = zf.read(names[f"{run}/training/class{i + 1:02d}.png"])
-                        test_png = zf.read(names[f"{run}/test/item{i + 1:02d}.png"])
-                        support[r, i] = torch.from_numpy(_decode_png(train_png))
-                        query[r, i] = torch.from_numpy(_decode_png(test_png))
-                    text = zf.read(names[f"{run}/class_labels.txt"]).decode()
+                        train = names[f"{run}/training/class{i + 1:02d}.png"]
+                        test = names[f"{run}/test/item{i + 1:02d}.png"]
+                        support[r, i] = torch.from_numpy(_decode_member(zf, train, path))
+                        query[r, i] = torch.from_numpy(_decode_member(zf, test, path))
+                    labels = names[f"{run}/class_labels.txt"]
                 except KeyError as exc:
-                    raise RuntimeError(f"{path} does not look like Lake's all_runs.zip: missing {exc}") from None
+                    raise _damaged(path, f"does not look like Lake's all_runs.zip: it lacks {exc}") from None
+                text = _read(zf, labels, path).decode(errors="replace")
                 seen = set()
                 for raw in text.splitlines():
                     if not raw.strip():
                         continue
                     m = line.match(raw)
                     if not m or m.group(1) != run or m.group(3) != run:
-                        raise RuntimeError(f"{path}: unexpected line in {run}/class_labels.txt: {raw!r}")
+                        raise _damaged(path, f"has an unexpected line in {run}/class_labels.txt: {raw!r}")
                     item, cls = int(m.group(2)) - 1, int(m.group(4)) - 1
                     query_y[r, item] = cls
                     seen.add(item)
                 if seen != set(range(RUN_WAYS)):
-                    raise RuntimeError(f"{path}: {run}/class_labels.txt does not label all {RUN_WAYS} test items")
+                    raise _damaged(path, f"has a {run}/class_labels.txt that does not label all "
+                                         f"{RUN_WAYS} test items")
         self.support_x = support.unsqueeze(2).float().div_(255.0)
         self.query_x = query.unsqueeze(2).float().div_(255.0)
         self.support_y = torch.arange(RUN_WAYS).expand(NUM_RUNS, -1).clone()
@@ -463,4 +634,5 @@ class OmniglotRuns:
 
     def batch(self) -> TaskBatch:
         """All runs as one TaskBatch of 20 tasks, each 20-way one-shot with 20 queries."""
-        return TaskBatch(self.support_x.clone(), self.support_y.clone(), self.query_x.clone(), self.query_y.clone())
+        return TaskBatch(self.support_x.clone(), self.support_y.clone(), self.query_x.clone(),
+                         self.query_y.clone())

@@ -1,0 +1,185 @@
+"""Long runs never lose work nor credit the wrong result (issue 13): checkpoints record what made them,
+resume only with the same settings, survive a kill during a write, and every bad file or bad
+argument gives one clear line before any training."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mlcourse
+from mlcourse import cli
+from mlcourse.algorithms import MAML
+from mlcourse.nn import MLP
+from mlcourse.tasks import Sinusoid
+from mlcourse.train import CheckpointError
+
+
+def reproduce(*args):
+    return cli.main(["reproduce", *args, "--budget", "smoke"])
+
+
+def test_resume_with_other_settings_stops_before_training(tmp_path, capsys):
+    ckpt = tmp_path / "run.pt"
+    assert reproduce("maml", "sinusoid", "--shots", "5", "--iterations", "3", "--checkpoint", str(ckpt)) == 0
+    before = ckpt.read_bytes()
+    for other in (["fomaml", "sinusoid", "--shots", "5"], ["maml", "sinusoid", "--shots", "10"],
+                  ["maml", "sinusoid", "--shots", "5", "--seed", "1"]):
+        capsys.readouterr()
+        code = reproduce(*other, "--iterations", "3", "--checkpoint", str(ckpt))
+        err = capsys.readouterr().err
+        assert code == 2 and "was made with other settings" in err and "--force-restart" in err, err
+        assert err.count("\n") == 1, "one line, no traceback"
+    assert "method: checkpoint 'maml', now 'fomaml'" in _error_for(["fomaml", "sinusoid", "--shots", "5"], ckpt,
+                                                                   capsys)
+    assert ckpt.read_bytes() == before, "a refused resume must not touch the checkpoint"
+    # --force-restart starts over with the new settings
+    assert reproduce("fomaml", "sinusoid", "--shots", "5", "--iterations", "3", "--checkpoint", str(ckpt),
+                     "--force-restart") == 0
+    assert torch.load(ckpt, weights_only=True)["settings"]["method"] == "fomaml"
+
+
+def _error_for(args, ckpt, capsys):
+    capsys.readouterr()
+    reproduce(*args, "--iterations", "3", "--checkpoint", str(ckpt))
+    return capsys.readouterr().err
+
+
+def test_a_checkpoint_records_what_made_it(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    assert reproduce("maml", "sinusoid", "--shots", "5", "--iterations", "2", "--checkpoint", str(ckpt)) == 0
+    state = torch.load(ckpt, weights_only=True)
+    settings = state["settings"]
+    assert state["format"] == 2 and state["mlcourse"] == mlcourse.__version__
+    assert {"method", "benchmark", "ways", "shots", "seed", "budget", "hyperparameters", "meta_batch"} <= set(settings)
+    assert settings["hyperparameters"]["inner_lr"] == 0.01 and settings["budget"] == "smoke"
+
+
+def test_an_old_checkpoint_without_settings_is_refused(tmp_path):
+    ckpt = tmp_path / "old.pt"
+    alg = MAML(MLP([1, 8, 1]), F.mse_loss, inner_lr=0.01)
+    mlcourse.meta_train(alg, Sinusoid(5, 5), 2, 2, checkpoint=ckpt, progress=False, device="cpu")
+    with pytest.raises(CheckpointError, match="records no settings"):
+        mlcourse.meta_train(alg, Sinusoid(5, 5), 4, 2, checkpoint=ckpt, progress=False, device="cpu",
+                            settings={"method": "maml"})
+
+
+def test_out_into_a_missing_folder_is_created_before_training(tmp_path):
+    out = tmp_path / "results" / "deeper" / "row.json"
+    assert reproduce("fomaml", "sinusoid", "--shots", "5", "--iterations", "2", "--out", str(out)) == 0
+    assert json.loads(out.read_text())["algorithm"] == "fomaml"
+
+
+def test_an_unwritable_out_fails_before_training(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    started = []
+    monkeypatch.setattr(mlcourse.recipes, "meta_train", lambda *a, **k: started.append(1))
+    assert reproduce("fomaml", "sinusoid", "--out", str(blocker / "row.json")) == 2
+    assert "cannot be written" in capsys.readouterr().err and not started
+
+
+@pytest.mark.parametrize("args,message", [
+    (["reptile", "omniglot", "--shots", "6"], "shots+queries=21 (shots=6, queries=15) is out of range"),
+    (["maml", "omniglot", "--shots", "19"], "shots+queries=21 (shots=19, queries=2) is out of range"),
+    (["maml", "sinusoid", "--iterations", "0"], "--iterations=0 is out of range: allowed >= 1"),
+    (["maml", "sinusoid", "--checkpoint-every", "0"], "--checkpoint-every=0 is out of range: allowed >= 1"),
+    (["maml", "sinusoid", "--meta-batch", "-2"], "--meta-batch=-2 is out of range: allowed >= 1"),
+])
+def test_bad_arguments_are_found_before_the_first_meta_iteration(args, message, capsys, monkeypatch):
+    if "omniglot" in args and not os.environ.get("MLCOURSE_DATA"):
+        pytest.skip("Omniglot archives not available (set MLCOURSE_DATA)")
+    started = []
+    monkeypatch.setattr(mlcourse.recipes, "meta_train", lambda *a, **k: started.append(1))
+    assert reproduce(*args) == 2
+    assert message in capsys.readouterr().err and not started
+
+
+def test_checkpoint_interval_is_an_option(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    assert reproduce("maml", "sinusoid", "--iterations", "7", "--checkpoint-every", "3",
+                     "--checkpoint", str(ckpt)) == 0
+    # the last periodic write was at 6, the final one at 7; the backup holds the one before
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 7
+    assert torch.load(ckpt.with_name("run.pt.prev"), weights_only=True)["iteration"] == 6
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_checkpoint_gives_one_clear_line(tmp_path, capsys, damage):
+    ckpt = tmp_path / "run.pt"
+    assert reproduce("maml", "sinusoid", "--iterations", "2", "--checkpoint", str(ckpt)) == 0
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 3] if damage == "truncate" else os.urandom(len(data)))
+    capsys.readouterr()
+    assert reproduce("maml", "sinusoid", "--iterations", "4", "--checkpoint", str(ckpt)) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {ckpt} cannot be read" in err and "Delete it" in err and err.count("\n") == 1, err
+
+
+def test_a_damaged_checkpoint_falls_back_to_its_backup(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    alg = MAML(MLP([1, 8, 1]), F.mse_loss, inner_lr=0.01)
+    mlcourse.meta_train(alg, Sinusoid(5, 5), 4, 2, checkpoint=ckpt, checkpoint_every=2, progress=False,
+                        device="cpu", settings={"run": 1})
+    ckpt.write_bytes(b"\0" * 100)
+    with pytest.warns(UserWarning, match="resuming from its backup"):
+        history = mlcourse.meta_train(alg, Sinusoid(5, 5), 4, 2, checkpoint=ckpt, progress=False, device="cpu",
+                                      settings={"run": 1})
+    assert history["iteration"][-1] == 4
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, torch, torch.nn.functional as F
+    import mlcourse
+    from mlcourse.algorithms import MAML
+    from mlcourse.nn import MLP
+    from mlcourse.tasks import Sinusoid
+    torch.manual_seed(0)
+    alg = MAML(MLP([1, 64, 64, 1]), F.mse_loss, inner_lr=0.01)
+    mlcourse.meta_train(alg, Sinusoid(5, 5), int(sys.argv[2]), 4, checkpoint=sys.argv[1], checkpoint_every=1,
+                        progress=False, device="cpu", settings={"run": "kill-test"})
+""")
+
+
+def test_a_kill_during_checkpoint_writes_loses_nothing(tmp_path):
+    """SIGKILL a run that checkpoints every iteration at several moments (most land inside a write);
+    each time the run resumes from a whole checkpoint, and the final weights equal an uninterrupted run's."""
+    script = tmp_path / "train.py"
+    script.write_text(KILL_SCRIPT)
+    ckpt, total = tmp_path / "run.pt", 60
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for delay in (2.5, 3.0, 3.5):
+        proc = subprocess.Popen([sys.executable, str(script), str(ckpt), str(total)], env=env)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    subprocess.run([sys.executable, str(script), str(ckpt), str(total)], env=env, check=True, timeout=300)
+    straight = tmp_path / "straight.pt"
+    subprocess.run([sys.executable, str(script), str(straight), str(total)], env=env, check=True, timeout=300)
+    a, b = torch.load(ckpt, weights_only=True), torch.load(straight, weights_only=True)
+    assert a["iteration"] == b["iteration"] == total and a["history"]["loss"] == b["history"]["loss"]
+    for name in b["model"]:
+        assert torch.equal(a["model"][name], b["model"][name])
+
+
+class _Diverging(MAML):
+    def predict(self, batch, inner_steps=None):
+        return torch.full_like(batch.query_y, float("nan"))
+
+
+def test_evaluation_stops_on_non_finite_outputs():
+    alg = _Diverging(MLP([1, 8, 1]), F.mse_loss, inner_lr=0.01)
+    with pytest.raises(FloatingPointError, match="outputs are not finite"):
+        mlcourse.evaluate(alg, Sinusoid(5, 5), num_tasks=10)
+
+
+def test_evaluation_shows_progress(capsys):
+    alg = MAML(MLP([1, 8, 1]), F.mse_loss, inner_lr=0.01)
+    mlcourse.evaluate(alg, Sinusoid(5, 5), num_tasks=10, progress=True)
+    assert "evaluate" in capsys.readouterr().err
