@@ -45,7 +45,9 @@ def _check_writable(out: str) -> Path:
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return (f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, "
+            f"{threads} thread{'s' if threads != 1 else ''}")
 
 
 def _reproduce(args) -> dict:
