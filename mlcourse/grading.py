@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import linecache
@@ -191,12 +192,21 @@ def add_subcommands(subparsers) -> None:
     copy.set_defaults(grading_command=_copy_command)
 
 
+def _errors_exit_1(command):
+    """Wrap a command so that a notebook it cannot read or use prints ``error: ...`` and exits 1."""
+    @functools.wraps(command)
+    def wrapped(args) -> int:
+        try:
+            return command(args)
+        except (OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    return wrapped
+
+
+@_errors_exit_1
 def _grade_command(args) -> int:
-    try:
-        results = grade_notebook(args.notebook, args.chapter)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    results = grade_notebook(args.notebook, args.chapter)
     if args.json:
         print(json.dumps([{"exercise": r.exercise, "title": r.title, "passed": r.passed,
                            "points": r.points, "score": r.score, "status": r.status,
@@ -206,12 +216,9 @@ def _grade_command(args) -> int:
     return 0 if all(r.passed for r in results) else 1
 
 
+@_errors_exit_1
 def _copy_command(args) -> int:
-    try:
-        dropped = strip_solutions(args.notebook, args.out)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    dropped = strip_solutions(args.notebook, args.out)
     print(f"wrote {args.out} ({dropped} solution cells removed)")
     return 0
 

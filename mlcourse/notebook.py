@@ -96,3 +96,46 @@ def finish(glue_name: str = "running_minutes") -> float:
         return minutes
     glue(glue_name, round(minutes), display=False)  # an int: rendered without quotes
     return minutes
+
+
+# -- storing an executed chapter for the book ---------------------------------------------------
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def prepare_for_book(path) -> dict:
+    """Make an executed chapter read well in the book, which runs no kernel (a step after execution).
+
+    * Progress bars (tqdm's notebook widgets) keep only their final text, ``desc: 100%|...|``:
+      as widgets they would render as empty boxes.
+    * Playgrounds (``interactive(...)``) keep their widget output but the notebook's stored widget
+      state is dropped, so the book shows its note "an interactive widget appears here when the
+      notebook runs" (``book/_static/widget-fallback.js``) beside the static twins drawn above it,
+      not a dead slider. In Jupyter and Colab the cells draw live widgets as always.
+
+    Returns ``{"progress_bars": n, "playgrounds": m}``.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    nb = json.loads(path.read_text())
+    counts = {"progress_bars": 0, "playgrounds": 0}
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW not in data:
+                continue
+            text = "".join(data.get("text/plain", ""))
+            if text.startswith("interactive("):
+                counts["playgrounds"] += 1
+            else:
+                output["data"] = {"text/plain": text}
+                counts["progress_bars"] += 1
+    nb["metadata"].pop("widgets", None)
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return counts
+
+
+if __name__ == "__main__":  # python -m mlcourse.notebook NOTEBOOK...  (after executing them)
+    for name in sys.argv[1:]:
+        print(name, prepare_for_book(name))

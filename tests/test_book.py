@@ -31,3 +31,35 @@ def test_notebooks_are_stored_executed_and_light():
         assert path.stat().st_size < 3_000_000, f"{path.name} is over 3 MB"
         first = "".join(code[0]["outputs"][0]["text"]) if code[0]["outputs"] else ""
         assert first.startswith("budget: "), f"{path.name}: the first output must say which budget produced it"
+
+
+def test_stored_notebooks_hold_no_widget_state_nor_widget_progress_bars():
+    """The book runs no kernel: stored widget state would show dead sliders, and tqdm widgets empty
+    boxes (python -m mlcourse.notebook NOTEBOOK prepares an executed chapter)."""
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        assert "widgets" not in nb["metadata"], f"{path.name} stores widget state"
+        for cell in nb["cells"]:
+            for output in cell.get("outputs", []):
+                data = output.get("data", {})
+                if "application/vnd.jupyter.widget-view+json" in data:
+                    assert "".join(data.get("text/plain", "")).startswith("interactive("), path.name
+
+
+def test_prepare_for_book_keeps_progress_text_and_playgrounds(tmp_path):
+    from mlcourse.notebook import prepare_for_book
+
+    view = "application/vnd.jupyter.widget-view+json"
+    nb = {"cells": [{"cell_type": "code", "source": [], "metadata": {}, "execution_count": 1, "outputs": [
+        {"output_type": "display_data", "metadata": {},
+         "data": {view: {"model_id": "a"}, "text/plain": "train: 100%|##| 5/5"}},
+        {"output_type": "display_data", "metadata": {},
+         "data": {view: {"model_id": "b"}, "text/plain": "interactive(children=(IntSlider(value=1),))"}}]}],
+        "metadata": {"widgets": {"state": {}}}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb))
+    assert prepare_for_book(path) == {"progress_bars": 1, "playgrounds": 1}
+    out = json.loads(path.read_text())
+    first, second = out["cells"][0]["outputs"]
+    assert first["data"] == {"text/plain": "train: 100%|##| 5/5"} and view in second["data"]
+    assert "widgets" not in out["metadata"]

@@ -2,7 +2,9 @@
 
 Each chapter's module (``ch1`` ... ``ch5``) holds, per exercise, the reference solution
 (``<name>_solution``), a check ``check_<name>(fn)`` that runs a student's function against an
-independent reference on seeded random cases, and the registry ``EXERCISES``. In a notebook::
+independent reference on seeded random cases, and the registry ``EXERCISES``. A check is
+declared once, with :func:`~mlcourse.exercises.checking.exercise` on the generator of its cases
+(id, title, solution and points in the decorator, the task in its docstring). In a notebook::
 
     from mlcourse.exercises.ch2 import check_inner_step
     check_inner_step(inner_step)      # prints one line and returns a CheckResult

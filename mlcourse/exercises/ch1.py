@@ -11,9 +11,11 @@ import math
 
 import torch
 
-from .checking import Case, Exercise, generator, randn, require_callable, run_check
+from .checking import Case, Exercise, exercise, randn
 
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
+
+EXERCISES: dict[str, Exercise] = {}  # filled by the @exercise declarations below, in order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,10 +40,18 @@ def _reference_labels(ways: int, per_class: int) -> torch.Tensor:
     return torch.div(torch.arange(ways * per_class), per_class, rounding_mode="floor")
 
 
-def check_episode_labels(fn, verbose: bool = True):
-    """Check ``episode_labels(ways, shots, queries)`` on several episode shapes (exercise 1.1)."""
-    require_callable(fn, "check_episode_labels", "episode_labels")
-    cases = []
+@exercise(EXERCISES, "1.1", "N-way K-shot episode labels", episode_labels_solution,
+          names=("support_y", "query_y"),
+          hints={"shape": "support_y has N*K labels and query_y has N*Q.",
+                 "dtype": "Class labels are integer indices: use torch.long (int64)."})
+def check_episode_labels(g):
+    r"""Check ``episode_labels(ways, shots, queries)`` on several episode shapes (exercise 1.1).
+
+    Write `episode_labels(ways, shots, queries)`, the labels of one $N$-way $K$-shot episode
+    in the layout every sampler of `mlcourse` uses (class-major: all $K$ examples of class 0,
+    then all of class 1, ...). It returns `(support_y, query_y)`, integer tensors of
+    shapes $(NK,)$ and $(NQ,)$ with labels in $0, \dots, N-1$.
+    """
     for ways, shots, queries in [(5, 1, 3), (5, 5, 2), (20, 1, 5), (3, 2, 4)]:
         expected = (_reference_labels(ways, shots), _reference_labels(ways, queries))
 
@@ -51,18 +61,14 @@ def check_episode_labels(fn, verbose: bool = True):
         def from_one(expected=expected):
             return expected[0] + 1, expected[1] + 1
 
-        cases.append(Case((ways, shots, queries), expected, about=f"N={ways}, K={shots}, Q={queries}",
-                          mistakes=[
+        yield Case((ways, shots, queries), expected, about=f"N={ways}, K={shots}, Q={queries}",
+                   mistakes=[
             ("the labels cycle through the classes (0, 1, 2, ..., 0, 1, 2, ...); the course's "
              "layout is class-major: all K examples of class 0, then all of class 1, ... "
              "(torch.repeat_interleave, not Tensor.repeat).", cycled),
             ("the labels run from 1 to N; they must run from 0 to N-1 (cross-entropy reads a "
              "label as the index of the class's logit).", from_one),
-        ]))
-    return run_check(EXERCISES["1.1"], fn, cases, names=("support_y", "query_y"),
-                     hints={"shape": "support_y has N*K labels and query_y has N*Q.",
-                            "dtype": "Class labels are integer indices: use torch.long (int64)."},
-                     verbose=verbose)
+        ])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,11 +97,15 @@ def _reference_interval(scores: torch.Tensor) -> tuple[float, float]:
     return mean, Z_95 * math.sqrt(variance / n)
 
 
-def check_confidence_interval_95(fn, verbose: bool = True):
-    """Check ``confidence_interval_95(scores)`` on per-task accuracies and MSEs (exercise 1.2)."""
-    require_callable(fn, "check_confidence_interval_95", "confidence_interval_95")
-    g = generator(12)
-    cases = []
+@exercise(EXERCISES, "1.2", "the 95% confidence interval", confidence_interval_95_solution,
+          imports="import math", names=("mean", "half_width"), rtol=5e-5)
+def check_confidence_interval_95(g):
+    r"""Check ``confidence_interval_95(scores)`` on per-task accuracies and MSEs (exercise 1.2).
+
+    Write `confidence_interval_95(scores)`: the mean of per-task scores and the half-width
+    of its 95% interval, $1.96\, s / \sqrt{n}$ with $s$ the sample standard deviation, as in
+    the tables of this course (mean $\pm$ 95% interval over 600 test tasks).
+    """
     for n, kind in [(600, "accuracies"), (25, "MSEs"), (2, "accuracies"), (100, "MSEs")]:
         if kind == "accuracies":
             scores = (0.9 + 0.05 * randn(n, g=g)).clamp(0, 1)
@@ -104,7 +114,7 @@ def check_confidence_interval_95(fn, verbose: bool = True):
         mean, half = _reference_interval(scores)
         std_biased = scores.std(unbiased=False).item()
         std = scores.std().item()
-        cases.append(Case((scores,), (mean, half), about=f"n={n} {kind}", mistakes=[
+        yield Case((scores,), (mean, half), about=f"n={n} {kind}", mistakes=[
             ("the half-width uses the biased standard deviation (dividing by n); the sample "
              "standard deviation divides by n - 1 (torch.std's default).",
              (mean, Z_95 * std_biased / math.sqrt(n))),
@@ -117,9 +127,7 @@ def check_confidence_interval_95(fn, verbose: bool = True):
             ("you returned the end points (low, high); return (mean, half_width).",
              (mean - half, mean + half)),
             ("the 95% quantile of the normal is 1.96, not 2.", (mean, 2 * std / math.sqrt(n))),
-        ]))
-    return run_check(EXERCISES["1.2"], fn, cases, names=("mean", "half_width"),
-                     rtol=5e-5, verbose=verbose)
+        ])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,11 +144,16 @@ def sinusoid_targets_solution(x, amplitude, phase):
     return a * torch.sin(x - b)
 
 
-def check_sinusoid_targets(fn, verbose: bool = True):
-    """Check ``sinusoid_targets(x, amplitude, phase)`` on random task batches (exercise 1.3)."""
-    require_callable(fn, "check_sinusoid_targets", "sinusoid_targets")
-    g = generator(13)
-    cases = []
+@exercise(EXERCISES, "1.3", "sinusoid task targets", sinusoid_targets_solution,
+          hints={"shape": "Reshape amplitude and phase to (tasks, 1, 1) so that they "
+                          "broadcast over the points of their own task."})
+def check_sinusoid_targets(g):
+    r"""Check ``sinusoid_targets(x, amplitude, phase)`` on random task batches (exercise 1.3).
+
+    Write `sinusoid_targets(x, amplitude, phase)`: the targets $y = A \sin(x - b)$ of a
+    batch of sinusoid tasks, with `x` of shape `(tasks, points, 1)` and one amplitude $A$ and
+    phase $b$ per task (shape `(tasks,)`).
+    """
     for tasks, points in [(4, 10), (3, 5), (1, 7), (6, 2)]:
         x = -5 + 10 * torch.rand(tasks, points, 1, generator=g, dtype=torch.float64)
         amplitude = 0.1 + 4.9 * torch.rand(tasks, generator=g, dtype=torch.float64)
@@ -148,47 +161,10 @@ def check_sinusoid_targets(fn, verbose: bool = True):
         expected = torch.stack([amplitude[i] * torch.sin(x[i] - phase[i]) for i in range(tasks)])
         plus = torch.stack([amplitude[i] * torch.sin(x[i] + phase[i]) for i in range(tasks)])
         shifted = torch.stack([amplitude[i] * torch.sin(x[i]) - phase[i] for i in range(tasks)])
-        cases.append(Case((x, amplitude, phase), expected, about=f"{tasks} tasks of {points} points",
-                          mistakes=[
+        yield Case((x, amplitude, phase), expected, about=f"{tasks} tasks of {points} points",
+                   mistakes=[
             ("the phase enters with the wrong sign: the family is A sin(x - b), the sine "
              "shifted right by b.", plus),
             ("the phase shifts the curve sideways, inside the sine: A sin(x - b), not "
              "A sin(x) - b.", shifted),
-        ]))
-    return run_check(EXERCISES["1.3"], fn, cases,
-                     hints={"shape": "Reshape amplitude and phase to (tasks, 1, 1) so that they "
-                                     "broadcast over the points of their own task."},
-                     verbose=verbose)
-
-
-# ---------------------------------------------------------------------------------------------
-# The registry
-
-TITLES = {
-    "1.1": "N-way K-shot episode labels",
-    "1.2": "the 95% confidence interval",
-    "1.3": "sinusoid task targets",
-}
-
-EXERCISES = {
-    "1.1": Exercise(
-        "1.1", TITLES["1.1"], "episode_labels", check_episode_labels,
-        episode_labels_solution, points=1,
-        task="Write `episode_labels(ways, shots, queries)`, the labels of one $N$-way $K$-shot "
-             "episode\nin the layout every sampler of `mlcourse` uses (class-major: all $K$ "
-             "examples of class 0,\nthen all of class 1, ...). It returns `(support_y, query_y)`,"
-             " integer tensors of\nshapes $(NK,)$ and $(NQ,)$ with labels in $0, \\dots, N-1$."),
-    "1.2": Exercise(
-        "1.2", TITLES["1.2"], "confidence_interval_95", check_confidence_interval_95,
-        confidence_interval_95_solution, points=1, imports="import math",
-        task="Write `confidence_interval_95(scores)`: the mean of per-task scores and the "
-             "half-width\nof its 95% interval, $1.96\\, s / \\sqrt{n}$ with $s$ the sample "
-             "standard deviation, as in\nthe tables of this course (mean $\\pm$ 95% interval "
-             "over 600 test tasks)."),
-    "1.3": Exercise(
-        "1.3", TITLES["1.3"], "sinusoid_targets", check_sinusoid_targets,
-        sinusoid_targets_solution, points=1,
-        task="Write `sinusoid_targets(x, amplitude, phase)`: the targets $y = A \\sin(x - b)$ "
-             "of a\nbatch of sinusoid tasks, with `x` of shape `(tasks, points, 1)` and one "
-             "amplitude $A$ and\nphase $b$ per task (shape `(tasks,)`)."),
-}
+        ])

@@ -16,7 +16,9 @@ from mlcourse.functional import forward
 from mlcourse.nn import MLP
 from mlcourse.tasks import Sinusoid
 
-from .checking import Case, Exercise, generator, randn, require_callable, run_check
+from .checking import Case, Exercise, exercise, randn, seeded
+
+EXERCISES: dict[str, Exercise] = {}  # filled by the @exercise declarations below, in order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,15 +40,20 @@ def _parameter_dict(g: torch.Generator) -> dict:
     return {name: randn(*shape, g=g) for name, shape in shapes.items()}
 
 
-def check_inner_step(fn, verbose: bool = True):
-    """Check ``inner_step(params, grads, inner_lr)`` on random parameter dicts (exercise 2.1)."""
-    require_callable(fn, "check_inner_step", "inner_step")
-    g = generator(21)
-    cases = []
+@exercise(EXERCISES, "2.1", "the MAML inner step", inner_step_solution,
+          must_not_modify=("params",), arg_names=("params", "grads", "inner_lr"))
+def check_inner_step(g):
+    r"""Check ``inner_step(params, grads, inner_lr)`` on random parameter dicts (exercise 2.1).
+
+    Write `inner_step(params, grads, inner_lr)`, one step of the inner loop
+    $\phi = \theta - \alpha \nabla \mathcal{L}_i^{\mathrm{tr}}(\theta)$ on parameter dicts.
+    It must return a new dict and leave `params` unchanged: $\theta$ is still needed after
+    the step.
+    """
     for alpha in (0.01, 0.4, 0.1):
         theta, grads = _parameter_dict(g), _parameter_dict(g)
         expected = {n: theta[n] - alpha * grads[n] for n in theta}
-        cases.append(Case((theta, grads, alpha), expected, about=f"alpha={alpha}", mistakes=[
+        yield Case((theta, grads, alpha), expected, about=f"alpha={alpha}", mistakes=[
             ("you stepped up the gradient (theta + alpha g); gradient descent steps against it: "
              "phi = theta - alpha grad L.", {n: theta[n] + alpha * grads[n] for n in theta}),
             ("the step size is missing: phi = theta - alpha grad L, with alpha = inner_lr.",
@@ -54,9 +61,7 @@ def check_inner_step(fn, verbose: bool = True):
             ("you returned the step -alpha g; return the new parameters theta - alpha g.",
              {n: -alpha * grads[n] for n in theta}),
             ("you returned the parameters unchanged; subtract alpha times the gradient.", theta),
-        ]))
-    return run_check(EXERCISES["2.1"], fn, cases, must_not_modify=("params",),
-                     arg_names=("params", "grads", "inner_lr"), verbose=verbose)
+        ])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,20 +128,25 @@ def _linear_variants(w, sx, sy, qx, qy, alpha):
     ]
 
 
-def check_maml_meta_gradient_linear(fn, verbose: bool = True):
-    """Check the hand-derived meta-gradient against autograd through the inner step (exercise 2.2)."""
-    require_callable(fn, "check_maml_meta_gradient_linear", "maml_meta_gradient_linear")
-    g = generator(22)
-    cases = []
+@exercise(EXERCISES, "2.2", "the meta-gradient of a linear-regression task",
+          maml_meta_gradient_linear_solution, points=2,
+          hints={"shape": "Return a vector of shape (d,), like w (not (d, 1))."})
+def check_maml_meta_gradient_linear(g):
+    r"""Check the hand-derived meta-gradient against autograd through the inner step (exercise 2.2).
+
+    For linear regression with the loss $\mathcal{L}(w) = \frac1n \lVert Xw - y \rVert^2$, write
+    `maml_meta_gradient_linear(w, support_x, support_y, query_x, query_y, inner_lr)`: the
+    meta-gradient of one task after one inner step, by hand (no autograd), with its
+    Hessian term written out: $(I - \alpha H^{\mathrm{tr}})\, \nabla \mathcal{L}^{\mathrm{test}}(\phi)$
+    where $H^{\mathrm{tr}} = \frac2n X_{\mathrm{tr}}^\top X_{\mathrm{tr}}$. The check compares it
+    with autograd through the inner step.
+    """
     for d, n, m, alpha in [(3, 5, 8, 0.05), (5, 10, 12, 0.1), (2, 4, 6, 0.02), (4, 6, 5, 0.2)]:
         w, sx, qx = randn(d, g=g), randn(n, d, g=g), randn(m, d, g=g)
         sy, qy = randn(n, g=g), randn(m, g=g)
         args = (w, sx, sy, qx, qy, alpha)
-        cases.append(Case(args, _reference_linear(*args), about=f"d={d}, n={n}, m={m}, alpha={alpha}",
-                          mistakes=_linear_variants(*args)))
-    return run_check(EXERCISES["2.2"], fn, cases,
-                     hints={"shape": "Return a vector of shape (d,), like w (not (d, 1))."},
-                     verbose=verbose)
+        yield Case(args, _reference_linear(*args), about=f"d={d}, n={n}, m={m}, alpha={alpha}",
+                   mistakes=_linear_variants(*args))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,60 +218,24 @@ def _fomaml_variants(model, theta, sx, sy, qx, qy, alpha, k):
     return out
 
 
-def check_fomaml_gradient(fn, verbose: bool = True):
-    """Check ``fomaml_gradient(...)`` on a small sinusoid network and random tasks (exercise 2.3)."""
-    require_callable(fn, "check_fomaml_gradient", "fomaml_gradient")
-    g = generator(23)
-    with torch.random.fork_rng():  # build the model without moving the caller's random stream
-        torch.manual_seed(23)
-        model = MLP([1, 8, 8, 1]).double()
+@exercise(EXERCISES, "2.3", "the first-order MAML gradient", fomaml_gradient_solution, points=2,
+          imports="from mlcourse.functional import forward")
+def check_fomaml_gradient(g):
+    r"""Check ``fomaml_gradient(...)`` on a small sinusoid network and random tasks (exercise 2.3).
+
+    Write `fomaml_gradient`, whose arguments are `model, params, support_x, support_y,
+    query_x, query_y, inner_lr, inner_steps`: take $k$ = `inner_steps` gradient steps on the
+    support loss (mean squared error) from $\theta$ = `params`, then return the gradient of
+    the query loss at the adapted $\phi$ (FOMAML drops the Jacobian of the inner steps). Run
+    the model with `forward(model, phi, x)` from `mlcourse.functional`.
+    """
+    model = seeded(23, lambda: MLP([1, 8, 8, 1]).double())
     sampler = Sinusoid(shots=5, queries=6)
-    cases = []
     for alpha, k in [(0.05, 1), (0.02, 3), (0.1, 2)]:
         batch = sampler.sample(1, generator=g)
         sx, sy, qx, qy = (t[0].double() for t in batch)
         theta = {name: (0.5 * randn(*p.shape, g=g)).requires_grad_()
                  for name, p in model.named_parameters()}
         args = (model, theta, sx, sy, qx, qy, alpha, k)
-        cases.append(Case(args, _reference_fomaml(*args), about=f"alpha={alpha}, k={k}",
-                          mistakes=_fomaml_variants(*args)))
-    return run_check(EXERCISES["2.3"], fn, cases, verbose=verbose)
-
-
-# ---------------------------------------------------------------------------------------------
-# The registry
-
-TITLES = {
-    "2.1": "the MAML inner step",
-    "2.2": "the meta-gradient of a linear-regression task",
-    "2.3": "the first-order MAML gradient",
-}
-
-EXERCISES = {
-    "2.1": Exercise(
-        "2.1", TITLES["2.1"], "inner_step", check_inner_step, inner_step_solution, points=1,
-        task="Write `inner_step(params, grads, inner_lr)`, one step of the inner loop\n"
-             "$\\phi = \\theta - \\alpha \\nabla \\mathcal{L}_i^{\\mathrm{tr}}(\\theta)$ on "
-             "parameter dicts.\nIt must return a new dict and "
-             "leave `params` unchanged: $\\theta$ is still needed after\nthe step."),
-    "2.2": Exercise(
-        "2.2", TITLES["2.2"], "maml_meta_gradient_linear", check_maml_meta_gradient_linear,
-        maml_meta_gradient_linear_solution, points=2,
-        task="For linear regression with the loss $\\mathcal{L}(w) = \\frac1n \\lVert Xw - y "
-             "\\rVert^2$, write\n`maml_meta_gradient_linear(w, support_x, support_y, query_x, "
-             "query_y, inner_lr)`: the\nmeta-gradient of one task after one inner step, by "
-             "hand (no autograd), with its\nHessian term written out: $(I - \\alpha "
-             "H^{\\mathrm{tr}})\\, \\nabla \\mathcal{L}^{\\mathrm{test}}(\\phi)$ where\n"
-             "$H^{\\mathrm{tr}} = \\frac2n X_{\\mathrm{tr}}^\\top X_{\\mathrm{tr}}$. The check "
-             "compares it with autograd through the inner step."),
-    "2.3": Exercise(
-        "2.3", TITLES["2.3"], "fomaml_gradient", check_fomaml_gradient,
-        fomaml_gradient_solution, points=2,
-        imports="from mlcourse.functional import forward",
-        task="Write `fomaml_gradient`, whose arguments are `model, params, support_x, "
-             "support_y, query_x, query_y, inner_lr, inner_steps`: take $k$ = `inner_steps` "
-             "gradient steps on the support loss (mean squared error) from $\\theta$ = "
-             "`params`, then return the gradient of the query loss at the adapted $\\phi$ "
-             "(FOMAML drops the Jacobian of the inner steps). Run the model with "
-             "`forward(model, phi, x)` from `mlcourse.functional`."),
-}
+        yield Case(args, _reference_fomaml(*args), about=f"alpha={alpha}, k={k}",
+                   mistakes=_fomaml_variants(*args))

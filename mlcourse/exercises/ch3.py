@@ -13,9 +13,11 @@ import torch
 from torch.autograd.functional import hessian
 from torch.func import grad as func_grad
 
-from .checking import Case, Exercise, generator, randn, random_spd, require_callable, run_check
+from .checking import Case, Exercise, exercise, randn, random_spd
 
 ALGORITHMS = ("maml", "fomaml", "reptile")
+
+EXERCISES: dict[str, Exercise] = {}  # filled by the @exercise declarations below, in order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,11 +39,16 @@ def _parameters(g: torch.Generator) -> dict:
     return {"weight": randn(3, 2, g=g), "bias": randn(3, g=g)}
 
 
-def check_reptile_outer_step(fn, verbose: bool = True):
-    """Check ``reptile_outer_step(theta, weights, eps)`` on random weights (exercise 3.1)."""
-    require_callable(fn, "check_reptile_outer_step", "reptile_outer_step")
-    g = generator(31)
-    cases = []
+@exercise(EXERCISES, "3.1", "the Reptile update", reptile_outer_step_solution,
+          must_not_modify=("theta", "weights"), arg_names=("theta", "weights", "eps"))
+def check_reptile_outer_step(g):
+    r"""Check ``reptile_outer_step(theta, weights, eps)`` on random weights (exercise 3.1).
+
+    Write `reptile_outer_step(theta, weights, eps)`, the outer step of batched Reptile,
+    $\theta \leftarrow \theta + \epsilon \frac1n \sum_i (W_i - \theta)$, where `weights` is
+    the list of the $n$ adapted parameter dicts $W_i$. Return a new dict and leave `theta`
+    unchanged.
+    """
     for n, eps in [(3, 0.1), (1, 0.5), (5, 0.25)]:
         theta = _parameters(g)
         weights = [_parameters(g) for _ in range(n)]
@@ -66,10 +73,8 @@ def check_reptile_outer_step(fn, verbose: bool = True):
                 ("you used only the first task's weights; average (W_i - theta) over all tasks.",
                  update(weights[0], eps)),
             ]
-        cases.append(Case((theta, weights, eps), update(mean_w, eps), mistakes=mistakes,
-                          about=f"{n} task{'s' if n > 1 else ''}, eps={eps}"))
-    return run_check(EXERCISES["3.1"], fn, cases, must_not_modify=("theta", "weights"),
-                     arg_names=("theta", "weights", "eps"), verbose=verbose)
+        yield Case((theta, weights, eps), update(mean_w, eps), mistakes=mistakes,
+                   about=f"{n} task{'s' if n > 1 else ''}, eps={eps}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,11 +106,18 @@ def _reference_avg_terms(A, b, theta):
     return torch.stack(grads).mean(0), torch.stack(inner).mean(0)
 
 
-def check_avg_grad_terms_quadratic(fn, verbose: bool = True):
-    """Check ``avg_grad_terms_quadratic(A, b, theta)`` against autograd (exercise 3.2)."""
-    require_callable(fn, "check_avg_grad_terms_quadratic", "avg_grad_terms_quadratic")
-    g = generator(32)
-    cases = []
+@exercise(EXERCISES, "3.2", "AvgGrad and AvgGradInner of quadratic losses",
+          avg_grad_terms_quadratic_solution, points=2, names=("avg_grad", "avg_grad_inner"))
+def check_avg_grad_terms_quadratic(g):
+    r"""Check ``avg_grad_terms_quadratic(A, b, theta)`` against autograd (exercise 3.2).
+
+    For $m$ mini-batches with quadratic losses
+    $L_j(\theta) = \frac12 \theta^\top A_j \theta + b_j^\top \theta$, write
+    `avg_grad_terms_quadratic(A, b, theta)` returning `(avg_grad, avg_grad_inner)`: AvgGrad
+    $= \mathbb{E}[\bar g_1]$ and AvgGradInner $= \mathbb{E}[\bar H_2 \bar g_1]$, the
+    expectation over ordered pairs of *different* mini-batches. The check compares them with
+    autograd.
+    """
     for m, d in [(3, 4), (2, 3), (5, 2)]:
         A = torch.stack([random_spd(d, 0.2, 3.0, g) for _ in range(m)])
         b, theta = randn(m, d, g=g), randn(d, g=g)
@@ -114,8 +126,8 @@ def check_avg_grad_terms_quadratic(fn, verbose: bool = True):
         all_pairs = A.mean(0) @ grads.mean(0)
         minus_b = A @ theta - b
         minus_inner = torch.stack([A[j] @ minus_b[i] for i, j in permutations(range(m), 2)]).mean(0)
-        cases.append(Case((A, b, theta), (avg_grad, inner), about=f"m={m} mini-batches, d={d}",
-                          mistakes=[
+        yield Case((A, b, theta), (avg_grad, inner), about=f"m={m} mini-batches, d={d}",
+                   mistakes=[
             ("avg_grad_inner includes the pairs i = j (a mini-batch paired with itself, which is "
              "what (mean of the A_j) times (mean of the gbar_j) does); AvgGradInner = "
              "E[Hbar_2 gbar_1] averages over pairs of *different* mini-batches.",
@@ -126,9 +138,7 @@ def check_avg_grad_terms_quadratic(fn, verbose: bool = True):
              (avg_grad * m, inner * m * (m - 1))),
             ("the gradient of 1/2 theta^T A_j theta + b_j^T theta is A_j theta + b_j (plus b_j).",
              (minus_b.mean(0), minus_inner)),
-        ]))
-    return run_check(EXERCISES["3.2"], fn, cases, names=("avg_grad", "avg_grad_inner"),
-                     verbose=verbose)
+        ])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +167,7 @@ def _reference_coefficients(algorithm: str, k: int) -> tuple[float, float]:
     return 1.0, float(inner_steps * (2 if algorithm == "maml" else 1))
 
 
-def _explain_coefficients(fn, case: Case) -> str | None:
+def _explain_coefficients(case: Case, got, fn) -> str | None:
     algorithm, avg_grad, _, alpha, k = case.args
     ones, zeros = torch.ones_like(avg_grad), torch.zeros_like(avg_grad)
     try:
@@ -178,53 +188,20 @@ def _explain_coefficients(fn, case: Case) -> str | None:
             "MAML's AvgGradInner weight is twice FOMAML's.)")
 
 
-def check_predicted_gradient(fn, verbose: bool = True):
-    """Check ``predicted_gradient(algorithm, avg_grad, avg_grad_inner, inner_lr, k)`` (exercise 3.3)."""
-    require_callable(fn, "check_predicted_gradient", "predicted_gradient")
-    g = generator(33)
-    cases = []
+@exercise(EXERCISES, "3.3", "the Taylor coefficients of MAML, FOMAML and Reptile",
+          predicted_gradient_solution, points=2, explain=_explain_coefficients)
+def check_predicted_gradient(g):
+    r"""Check ``predicted_gradient(algorithm, avg_grad, avg_grad_inner, inner_lr, k)`` (exercise 3.3).
+
+    Write `predicted_gradient(algorithm, avg_grad, avg_grad_inner, inner_lr, k)`: the expected
+    gradient of `"maml"`, `"fomaml"` or `"reptile"` with $k$ mini-batches per update, to first
+    order in $\alpha$, as this chapter's expansion gives it: $a\,$AvgGrad
+    $- b\,\alpha\,$AvgGradInner with the coefficients $(a, b)$ of each algorithm.
+    """
     for k in (2, 4, 3):
         for algorithm in ALGORITHMS:
             avg_grad, inner = randn(5, g=g), randn(5, g=g)
             alpha = float(0.01 + 0.2 * torch.rand((), generator=g, dtype=torch.float64))
             a, b = _reference_coefficients(algorithm, k)
-            cases.append(Case((algorithm, avg_grad, inner, alpha, k), a * avg_grad - b * alpha * inner,
-                              about=f"{algorithm}, k={k}, alpha={alpha:.3f}"))
-    return run_check(EXERCISES["3.3"], fn, cases, verbose=verbose,
-                     explain=lambda case, got: _explain_coefficients(fn, case))
-
-
-# ---------------------------------------------------------------------------------------------
-# The registry
-
-TITLES = {
-    "3.1": "the Reptile update",
-    "3.2": "AvgGrad and AvgGradInner of quadratic losses",
-    "3.3": "the Taylor coefficients of MAML, FOMAML and Reptile",
-}
-
-EXERCISES = {
-    "3.1": Exercise(
-        "3.1", TITLES["3.1"], "reptile_outer_step", check_reptile_outer_step,
-        reptile_outer_step_solution, points=1,
-        task="Write `reptile_outer_step(theta, weights, eps)`, the outer step of batched Reptile, "
-             "$\\theta \\leftarrow \\theta + \\epsilon \\frac1n \\sum_i (W_i - \\theta)$, "
-             "where `weights` is the list of the $n$ adapted parameter dicts $W_i$. Return "
-             "a new dict and leave `theta` unchanged."),
-    "3.2": Exercise(
-        "3.2", TITLES["3.2"], "avg_grad_terms_quadratic", check_avg_grad_terms_quadratic,
-        avg_grad_terms_quadratic_solution, points=2,
-        task="For $m$ mini-batches with quadratic losses $L_j(\\theta) = \\frac12 \\theta^\\top "
-             "A_j \\theta + b_j^\\top \\theta$, write `avg_grad_terms_quadratic(A, b, theta)` "
-             "returning `(avg_grad, avg_grad_inner)`: AvgGrad $= \\mathbb{E}[\\bar g_1]$ and "
-             "AvgGradInner $= \\mathbb{E}[\\bar H_2 \\bar g_1]$, the expectation over ordered "
-             "pairs of *different* mini-batches. The check compares them with autograd."),
-    "3.3": Exercise(
-        "3.3", TITLES["3.3"], "predicted_gradient", check_predicted_gradient,
-        predicted_gradient_solution, points=2,
-        task="Write `predicted_gradient(algorithm, avg_grad, avg_grad_inner, inner_lr, k)`: "
-             "the expected gradient of `\"maml\"`, `\"fomaml\"` or `\"reptile\"` with $k$ "
-             "mini-batches per update, to first order in $\\alpha$, as this chapter's "
-             "expansion gives it: $a\\,$AvgGrad $- b\\,\\alpha\\,$AvgGradInner with the "
-             "coefficients $(a, b)$ of each algorithm."),
-}
+            yield Case((algorithm, avg_grad, inner, alpha, k), a * avg_grad - b * alpha * inner,
+                       about=f"{algorithm}, k={k}, alpha={alpha:.3f}")

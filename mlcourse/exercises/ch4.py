@@ -11,7 +11,9 @@ import math
 
 import torch
 
-from .checking import Case, Exercise, generator, randn, random_spd, require_callable, run_check
+from .checking import Case, Exercise, exercise, randn, random_spd
+
+EXERCISES: dict[str, Exercise] = {}  # filled by the @exercise declarations below, in order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,18 +64,23 @@ def _covariance_variants(H, k, b):
     ]
 
 
-def check_early_stopping_prior_covariance(fn, verbose: bool = True):
-    """Check ``early_stopping_prior_covariance(H, k, step)`` on random quadratics (exercise 4.1)."""
-    require_callable(fn, "check_early_stopping_prior_covariance", "early_stopping_prior_covariance")
-    g = generator(41)
-    cases = []
+@exercise(EXERCISES, "4.1", "the prior covariance of early stopping",
+          early_stopping_prior_covariance_solution, points=2,
+          hints={"shape": "Q is a (d, d) matrix, like H."})
+def check_early_stopping_prior_covariance(g):
+    r"""Check ``early_stopping_prior_covariance(H, k, step)`` on random quadratics (exercise 4.1).
+
+    Write `early_stopping_prior_covariance(H, k, step)`: the covariance $Q$ of the Gaussian
+    prior under which the MAP estimate on the quadratic
+    $\frac12 (\phi - \phi^*)^\top H (\phi - \phi^*)$ equals $k$ steps of gradient descent of
+    size $b$ = `step` from $\theta$: $Q = O \Lambda^{-1}((I - b\Lambda)^{-k} - I) O^\top$
+    with $H = O \Lambda O^\top$ (use `torch.linalg.eigh`).
+    """
     for d, k, reach in [(3, 3, 0.8), (2, 1, 0.5), (4, 10, 0.3), (3, 5, 0.6)]:
         H = random_spd(d, 0.2, 2.0, g)
         b = reach / torch.linalg.eigvalsh(H).max().item()  # b lambda_max = reach < 1
-        cases.append(Case((H, k, b), _reference_covariance(H, k, b), mistakes=_covariance_variants(H, k, b),
-                          about=f"d={d}, k={k}, b lambda_max={reach}"))
-    return run_check(EXERCISES["4.1"], fn, cases,
-                     hints={"shape": "Q is a (d, d) matrix, like H."}, verbose=verbose)
+        yield Case((H, k, b), _reference_covariance(H, k, b), mistakes=_covariance_variants(H, k, b),
+                   about=f"d={d}, k={k}, b lambda_max={reach}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,11 +114,16 @@ def _gradient_descent(H, phi_star, theta, k, b):
     return phi
 
 
-def check_map_estimate(fn, verbose: bool = True):
-    """Check ``map_estimate(H, phi_star, theta, Q)``, including with early stopping's Q (exercise 4.2)."""
-    require_callable(fn, "check_map_estimate", "map_estimate")
-    g = generator(42)
-    cases = []
+@exercise(EXERCISES, "4.2", "the MAP estimate under a Gaussian prior", map_estimate_solution)
+def check_map_estimate(g):
+    r"""Check ``map_estimate(H, phi_star, theta, Q)``, including with early stopping's Q (exercise 4.2).
+
+    Write `map_estimate(H, phi_star, theta, Q)`: the minimiser of
+    $\frac12 (\phi - \phi^*)^\top H (\phi - \phi^*)$
+    $+ \frac12 (\phi - \theta)^\top Q^{-1} (\phi - \theta)$, the MAP estimate under the prior
+    $\mathcal{N}(\theta, Q)$. Some of the check's cases use the $Q$ of early stopping, where
+    the answer is exactly the $k$-th gradient-descent iterate.
+    """
     for d, k in [(3, 2), (2, 4), (4, None), (3, None)]:
         H = random_spd(d, 0.3, 2.0, g)
         phi_star, theta = randn(d, g=g), randn(d, g=g)
@@ -124,8 +136,8 @@ def check_map_estimate(fn, verbose: bool = True):
             assert torch.allclose(_reference_map(H, phi_star, theta, Q),
                                   _gradient_descent(H, phi_star, theta, k, b), atol=1e-8)
         P = torch.linalg.inv(Q)
-        cases.append(Case((H, phi_star, theta, Q), _reference_map(H, phi_star, theta, Q), about=about,
-                          mistakes=[
+        yield Case((H, phi_star, theta, Q), _reference_map(H, phi_star, theta, Q), about=about,
+                   mistakes=[
             ("theta and phi* are swapped: the loss is centred at phi* and the prior at theta, so "
              "phi_MAP = (H + Q^-1)^-1 (H phi* + Q^-1 theta).",
              torch.linalg.solve(H + P, H @ theta + P @ phi_star)),
@@ -136,8 +148,7 @@ def check_map_estimate(fn, verbose: bool = True):
             ("you returned phi*, the loss's minimiser; the prior pulls the estimate towards "
              "theta.", phi_star),
             ("you returned theta, the prior mean; the loss pulls the estimate towards phi*.", theta),
-        ]))
-    return run_check(EXERCISES["4.2"], fn, cases, verbose=verbose)
+        ])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,17 +174,21 @@ def _reference_laplace(f, H):
     return f + 0.5 * H.shape[0] * math.log(2 * math.pi) - 0.5 * log_det
 
 
-def check_laplace_log_evidence(fn, verbose: bool = True):
-    """Check ``laplace_log_evidence(log_joint_at_mode, hessian)`` on random Hessians (exercise 4.3)."""
-    require_callable(fn, "check_laplace_log_evidence", "laplace_log_evidence")
-    g = generator(43)
-    cases = []
+@exercise(EXERCISES, "4.3", "Laplace's approximation of the evidence", laplace_log_evidence_solution,
+          imports="import math")
+def check_laplace_log_evidence(g):
+    r"""Check ``laplace_log_evidence(log_joint_at_mode, hessian)`` on random Hessians (exercise 4.3).
+
+    Write `laplace_log_evidence(log_joint_at_mode, hessian)`: Laplace's approximation of
+    $\log \int \exp f(\phi)\, d\phi$ from the value $f(\phi^*)$ at the mode and the Hessian
+    $H = -\nabla^2 f(\phi^*)$, the term LLAMA adds to MAML's objective. Return a number.
+    """
     for d in (3, 1, 6, 2):
         H = random_spd(d, 0.05, 40.0, g) if d > 1 else torch.tensor([[7.5]], dtype=torch.float64)
         f = float(5 * randn(1, g=g))
         log_det = torch.logdet(H).item()
         c = math.log(2 * math.pi)
-        cases.append(Case((f, H), _reference_laplace(f, H), about=f"d={d}", mistakes=[
+        yield Case((f, H), _reference_laplace(f, H), about=f"d={d}", mistakes=[
             ("the log det H term has the wrong sign: a sharper peak (larger curvature) holds "
              "less mass, so it is -1/2 log det H.", f + d / 2 * c + log_det / 2),
             ("the d/2 log(2 pi) term is missing: the integral of exp(-1/2 x^T H x) is "
@@ -185,40 +200,4 @@ def check_laplace_log_evidence(fn, verbose: bool = True):
              f + c / 2 - log_det / 2),
             ("f(phi*) is missing: the approximation starts from the log joint at the mode.",
              d / 2 * c - log_det / 2),
-        ]))
-    return run_check(EXERCISES["4.3"], fn, cases, verbose=verbose)
-
-
-# ---------------------------------------------------------------------------------------------
-# The registry
-
-TITLES = {
-    "4.1": "the prior covariance of early stopping",
-    "4.2": "the MAP estimate under a Gaussian prior",
-    "4.3": "Laplace's approximation of the evidence",
-}
-
-EXERCISES = {
-    "4.1": Exercise(
-        "4.1", TITLES["4.1"], "early_stopping_prior_covariance", check_early_stopping_prior_covariance,
-        early_stopping_prior_covariance_solution, points=2,
-        task="Write `early_stopping_prior_covariance(H, k, step)`: the covariance $Q$ of the "
-             "Gaussian prior under which the MAP estimate on the quadratic $\\frac12 (\\phi - "
-             "\\phi^*)^\\top H (\\phi - \\phi^*)$ equals $k$ steps of gradient descent of size "
-             "$b$ = `step` from $\\theta$: $Q = O \\Lambda^{-1}((I - b\\Lambda)^{-k} - I) O^\\top$ "
-             "with $H = O \\Lambda O^\\top$ (use `torch.linalg.eigh`)."),
-    "4.2": Exercise(
-        "4.2", TITLES["4.2"], "map_estimate", check_map_estimate, map_estimate_solution, points=1,
-        task="Write `map_estimate(H, phi_star, theta, Q)`: the minimiser of $\\frac12 (\\phi - "
-             "\\phi^*)^\\top H (\\phi - \\phi^*)$ $+ \\frac12 (\\phi - \\theta)^\\top Q^{-1} "
-             "(\\phi - \\theta)$, the MAP estimate under the prior $\\mathcal{N}(\\theta, Q)$. "
-             "Some of the check's cases use the $Q$ of early stopping, where the "
-             "answer is exactly the $k$-th gradient-descent iterate."),
-    "4.3": Exercise(
-        "4.3", TITLES["4.3"], "laplace_log_evidence", check_laplace_log_evidence,
-        laplace_log_evidence_solution, points=1, imports="import math",
-        task="Write `laplace_log_evidence(log_joint_at_mode, hessian)`: Laplace's approximation "
-             "of $\\log \\int \\exp f(\\phi)\\, d\\phi$ from the value $f(\\phi^*)$ at the mode "
-             "and the Hessian $H = -\\nabla^2 f(\\phi^*)$, the term LLAMA adds to MAML's "
-             "objective. Return a number."),
-}
+        ])

@@ -16,7 +16,9 @@ from mlcourse.implicit import conjugate_gradient, hvp
 from mlcourse.nn import MLP
 from mlcourse.tasks import Sinusoid
 
-from .checking import Case, Exercise, generator, randn, random_spd, require_callable, run_check
+from .checking import Case, Exercise, exercise, randn, random_spd, seeded
+
+EXERCISES: dict[str, Exercise] = {}  # filled by the @exercise declarations below, in order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,18 +78,21 @@ def _cg_variants(A, x, r, p):
     ]
 
 
-def check_cg_step(fn, verbose: bool = True):
-    """Check ``cg_step(A, x, r, p)`` on states taken from the middle of CG runs (exercise 5.1)."""
-    require_callable(fn, "check_cg_step", "cg_step")
-    g = generator(51)
-    cases = []
+@exercise(EXERCISES, "5.1", "one conjugate-gradient iteration", cg_step_solution, names=("x", "r", "p"))
+def check_cg_step(g):
+    """Check ``cg_step(A, x, r, p)`` on states taken from the middle of CG runs (exercise 5.1).
+
+    Write `cg_step(A, x, r, p)`: one iteration of conjugate gradient for $Ax = b$, from the
+    iterate $x$, its residual $r = b - Ax$ and the search direction $p$ to the next
+    $(x, r, p)$. The check starts from states in the middle of CG runs, so the direction
+    update matters.
+    """
     for d, done in [(4, 1), (6, 0), (5, 2), (8, 3)]:
         A, b = random_spd(d, 0.5, 5.0, g), randn(d, g=g)
         x, r, p = _reference_cg_state(A, b, done)
         about = f"d={d}, after {done} iteration{'s' * (done != 1)}"
-        cases.append(Case((A, x, r, p), _reference_cg_state(A, b, done + 1),
-                          mistakes=_cg_variants(A, x, r, p), about=about))
-    return run_check(EXERCISES["5.1"], fn, cases, names=("x", "r", "p"), verbose=verbose)
+        yield Case((A, x, r, p), _reference_cg_state(A, b, done + 1),
+                   mistakes=_cg_variants(A, x, r, p), about=about)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,17 +115,21 @@ def _reference_implicit(H, v, lam):
     return O @ ((O.T @ v) / (1 + evals / lam))
 
 
-def check_implicit_meta_gradient(fn, verbose: bool = True):
-    """Check ``implicit_meta_gradient(H, v, lam)`` on random symmetric H (exercise 5.2)."""
-    require_callable(fn, "check_implicit_meta_gradient", "implicit_meta_gradient")
-    g = generator(52)
-    cases = []
+@exercise(EXERCISES, "5.2", "the implicit meta-gradient of a small matrix",
+          implicit_meta_gradient_solution)
+def check_implicit_meta_gradient(g):
+    r"""Check ``implicit_meta_gradient(H, v, lam)`` on random symmetric H (exercise 5.2).
+
+    Write `implicit_meta_gradient(H, v, lam)`: $g = (I + H/\lambda)^{-1} v$, the implicit
+    Jacobian of the proximal inner problem applied to the query gradient $v$, for a small
+    explicit Hessian $H$.
+    """
     for d, lam in [(3, 2.0), (5, 0.5), (4, 10.0), (2, 1.0)]:
         H = random_spd(d, 0.1, 4.0, g) - 0.3 * lam * torch.eye(d, dtype=torch.float64)  # indefinite
         v = randn(d, g=g)
         eye = torch.eye(d, dtype=torch.float64)
-        cases.append(Case((H, v, lam), _reference_implicit(H, v, lam), about=f"d={d}, lambda={lam}",
-                          mistakes=[
+        yield Case((H, v, lam), _reference_implicit(H, v, lam), about=f"d={d}, lambda={lam}",
+                   mistakes=[
             ("you returned v itself: that takes d phi / d theta = I (first order). The implicit "
              "Jacobian is (I + H / lambda)^-1.", v),
             ("you multiplied v by I + H / lambda; the meta-gradient solves the system "
@@ -129,8 +138,7 @@ def check_implicit_meta_gradient(fn, verbose: bool = True):
              "as the proximal strength lambda grows.", torch.linalg.solve(eye + lam * H, v)),
             ("the Hessian term has the wrong sign: (I + H / lambda)^-1, from the stationarity "
              "condition grad L(phi) + lambda (phi - theta) = 0.", torch.linalg.solve(eye - H / lam, v)),
-        ]))
-    return run_check(EXERCISES["5.2"], fn, cases, verbose=verbose)
+        ])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +202,7 @@ def _dense_cg_iterates(M, v, iterations):
     return out
 
 
-def _explain_cg(case: Case, got) -> str | None:
+def _explain_cg(case: Case, got, fn) -> str | None:
     try:
         g = torch.cat([torch.as_tensor(got[k]).detach().double().reshape(-1) for k in case.expected])
     except Exception:  # not a dict of tensors: the generic diagnosis has already said so
@@ -212,15 +220,19 @@ def _explain_cg(case: Case, got) -> str | None:
     return None
 
 
-def check_implicit_gradient_cg(fn, verbose: bool = True):
-    """Check ``implicit_gradient_cg(...)`` against a dense solve on a small network (exercise 5.3)."""
-    require_callable(fn, "check_implicit_gradient_cg", "implicit_gradient_cg")
-    g = generator(53)
-    with torch.random.fork_rng():  # build the model without moving the caller's random stream
-        torch.manual_seed(53)
-        model = MLP([1, 4, 1]).double()
+@exercise(EXERCISES, "5.3", "the implicit meta-gradient by conjugate gradient",
+          implicit_gradient_cg_solution, points=2, explain=_explain_cg, rtol=1e-5, atol=1e-8,
+          imports="from mlcourse.implicit import conjugate_gradient, hvp")
+def check_implicit_gradient_cg(g):
+    r"""Check ``implicit_gradient_cg(...)`` against a dense solve on a small network (exercise 5.3).
+
+    Write `implicit_gradient_cg(support_loss, query_loss, phi, lam, cg_iters)`: the same
+    $g = (I + H/\lambda)^{-1} \nabla \mathcal{L}^{\mathrm{test}}(\phi)$ for a network, without
+    forming $H$: use `hvp` and `conjugate_gradient` from `mlcourse.implicit`. The check
+    compares it with a dense solve on a network small enough to form its Hessian.
+    """
+    model = seeded(53, lambda: MLP([1, 4, 1]).double())
     sampler = Sinusoid(shots=6, queries=6)
-    cases = []
     for lam in (1.0, 4.0, 0.5):
         sx, sy, qx, qy = (t[0].double() for t in sampler.sample(1, generator=g))
 
@@ -236,9 +248,9 @@ def check_implicit_gradient_cg(fn, verbose: bool = True):
         v, H_query = _dense(query_loss, phi)
         eye = torch.eye(H.shape[0], dtype=H.dtype)
         expected = _as_dict(torch.linalg.solve(eye + H / lam, v), phi)
-        cases.append(Case((support_loss, query_loss, phi, lam, 40), expected,
-                          extra={"matrix": eye + H / lam, "v": v},
-                          about=f"lambda={lam:.3g}, {v.numel()} parameters", mistakes=[
+        yield Case((support_loss, query_loss, phi, lam, 40), expected,
+                   extra={"matrix": eye + H / lam, "v": v},
+                   about=f"lambda={lam:.3g}, {v.numel()} parameters", mistakes=[
             ("you returned v = grad L_test(phi): that is the first-order approximation. Solve "
              "(I + H / lambda) g = v.", _as_dict(v, phi)),
             ("H must be the Hessian of the support (training) loss, the one the inner problem "
@@ -250,40 +262,4 @@ def check_implicit_gradient_cg(fn, verbose: bool = True):
              _as_dict(torch.linalg.solve(eye - H / lam, v), phi)),
             ("you multiplied v by I + H / lambda instead of solving the system with CG.",
              _as_dict(v + H @ v / lam, phi)),
-        ]))
-    return run_check(EXERCISES["5.3"], fn, cases, explain=_explain_cg, rtol=1e-5,
-                     atol=1e-8, verbose=verbose)
-
-
-# ---------------------------------------------------------------------------------------------
-# The registry
-
-TITLES = {
-    "5.1": "one conjugate-gradient iteration",
-    "5.2": "the implicit meta-gradient of a small matrix",
-    "5.3": "the implicit meta-gradient by conjugate gradient",
-}
-
-EXERCISES = {
-    "5.1": Exercise(
-        "5.1", TITLES["5.1"], "cg_step", check_cg_step, cg_step_solution, points=1,
-        task="Write `cg_step(A, x, r, p)`: one iteration of conjugate gradient for $Ax = b$, "
-             "from the iterate $x$, its residual $r = b - Ax$ and the search direction $p$ to "
-             "the next $(x, r, p)$. The check starts from states in the middle of CG runs, so "
-             "the direction update matters."),
-    "5.2": Exercise(
-        "5.2", TITLES["5.2"], "implicit_meta_gradient", check_implicit_meta_gradient,
-        implicit_meta_gradient_solution, points=1,
-        task="Write `implicit_meta_gradient(H, v, lam)`: $g = (I + H/\\lambda)^{-1} v$, the "
-             "implicit Jacobian of the proximal inner problem applied to the query gradient "
-             "$v$, for a small explicit Hessian $H$."),
-    "5.3": Exercise(
-        "5.3", TITLES["5.3"], "implicit_gradient_cg", check_implicit_gradient_cg,
-        implicit_gradient_cg_solution, points=2,
-        imports="from mlcourse.implicit import conjugate_gradient, hvp",
-        task="Write `implicit_gradient_cg(support_loss, query_loss, phi, lam, cg_iters)`: the "
-             "same $g = (I + H/\\lambda)^{-1} \\nabla \\mathcal{L}^{\\mathrm{test}}(\\phi)$ for "
-             "a network, without forming $H$: use `hvp` and `conjugate_gradient` from "
-             "`mlcourse.implicit`. The check compares it with a dense solve on a network small "
-             "enough to form its Hessian."),
-}
+        ])

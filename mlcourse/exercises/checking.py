@@ -7,11 +7,13 @@ A check never raises on a wrong answer (a notebook keeps running); it returns a
 return type, the container structure (tuple length, dict keys), shapes, dtypes, NaN or inf,
 then, for a wrong value, the known mistakes the exercise lists (a first-order answer, a
 swapped argument, ...), a sign error (answer == -reference), a constant factor, and last the
-largest difference with its location.
+largest difference with its location. :func:`exercise` declares an exercise on the generator
+of its cases and makes its check.
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import numbers
 import traceback
@@ -124,10 +126,11 @@ def run_check(exercise: Exercise, fn: Callable, cases: Sequence[Case], *,
 
     ``names`` name the parts of a tuple answer; ``hints`` add advice to a message kind
     ("shape", "sign", "factor", "type"); ``must_not_modify`` lists argument names (from
-    ``arg_names``) that the function must leave unchanged; ``explain(case, got)`` may return a
-    custom diagnosis of a wrong value, tried after the known mistakes and the sign check.
+    ``arg_names``) that the function must leave unchanged; ``explain(case, got, fn)`` may return
+    a custom diagnosis of a wrong value, tried after the known mistakes and the sign check.
     """
     hints = dict(hints or {})
+    why = None if explain is None else (lambda case, got: explain(case, got, fn))
 
     def result(passed: bool, message: str, attempted: bool = True) -> CheckResult:
         out = CheckResult(exercise.id, exercise.title, passed, message, exercise.points, attempted)
@@ -155,7 +158,7 @@ def run_check(exercise: Exercise, fn: Callable, cases: Sequence[Case], *,
                 return result(False, f"{fname} changed its argument `{name}` in place; leave it as it "
                                      f"is and build a new result (a new dict or tensor)." + where)
         try:
-            compare(got, case, names=names, rtol=rtol, atol=atol, hints=hints, explain=explain)
+            compare(got, case, names=names, rtol=rtol, atol=atol, hints=hints, explain=why)
         except _Wrong as wrong:
             return result(False, str(wrong).strip() + where)
         except Exception as err:  # an answer too odd to compare: still a message, never a crash
@@ -193,6 +196,41 @@ def _same(a, b) -> bool:
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return a == b
+
+
+# ---------------------------------------------------------------------------------------------
+# Declaring an exercise where its check is defined
+
+def exercise(registry: dict, exercise_id: str, title: str, solution: Callable, *, points: int = 1,
+             imports: str = "", **options) -> Callable[[Callable], Callable[..., CheckResult]]:
+    """Declare exercise ``exercise_id`` on the generator of its cases; return its check.
+
+    Decorates ``check_<name>(g)``, which yields the exercise's :class:`Case` objects drawn
+    from the generator ``g`` (seeded with the digits of the id: "2.1" -> 21), and turns it
+    into the check ``check_<name>(fn, verbose=True)``: the same name, module and docstring,
+    which runs ``fn`` (a student's ``<name>``) on those cases with :func:`run_check`
+    (``options`` are its keywords: names, rtol, hints, explain, ...). The check goes into
+    ``registry`` as ``Exercise(exercise_id, title, "<name>", check, solution, ...)``.
+
+    The docstring's first paragraph says what the check tries; the rest is the task that
+    the notebook shows (re-wrapped there, so its line breaks do not matter).
+    """
+    def declare(cases: Callable) -> Callable[..., CheckResult]:
+        check_name = cases.__name__
+        function_name = check_name.removeprefix("check_")
+        task = inspect.cleandoc(cases.__doc__ or "").partition("\n\n")[2]
+        seed = int(exercise_id.replace(".", ""))
+
+        def check(fn, verbose: bool = True) -> CheckResult:
+            require_callable(fn, check_name, function_name)
+            return run_check(declared, fn, list(cases(generator(seed))), verbose=verbose, **options)
+
+        check.__name__ = check.__qualname__ = check_name
+        check.__module__, check.__doc__ = cases.__module__, cases.__doc__
+        declared = Exercise(exercise_id, title, function_name, check, solution, points, task, imports)
+        registry[exercise_id] = declared
+        return check
+    return declare
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,6 +419,13 @@ def _unravel(i: int, shape) -> tuple:
 
 def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def seeded(seed: int, build: Callable):
+    """``build()`` under ``torch.manual_seed(seed)``, without moving the caller's random stream."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build()
 
 
 def randn(*shape, g: torch.Generator) -> torch.Tensor:
