@@ -82,20 +82,20 @@ _started: float | None = None
 _setup: Setup | None = None
 
 
-def finish(glue_name: str = "running_minutes") -> float:
+def finish(glue_name: str = "running_minutes") -> None:
     """Print how long the chapter ran since :func:`setup` (its last cell calls this) and glue the
     minutes under ``glue_name``, so the chapter's opening can quote the time of the stored run."""
     if _started is None:
         raise RuntimeError("finish() measures from setup(): run the chapter's first cell first")
     minutes = (time.perf_counter() - _started) / 60
+    threads = torch.get_num_threads()
     print(f"this chapter ran for {minutes:.1f} min at the {_setup.budget.name} budget on {_setup.device} "
-          f"({torch.get_num_threads()} threads)")
+          f"({threads} thread{'s' if threads != 1 else ''})")
     try:
         from myst_nb import glue
     except ImportError:  # outside the book's environment nothing needs the glued value
-        return minutes
-    glue(glue_name, round(minutes), display=False)  # an int: rendered without quotes
-    return minutes
+        return
+    glue(glue_name, max(1, round(minutes)), display=False)  # an int: rendered without quotes
 
 
 # -- storing an executed chapter for the book ---------------------------------------------------
