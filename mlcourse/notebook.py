@@ -105,8 +105,8 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 def prepare_for_book(path) -> dict:
     """Make an executed chapter read well in the book, which runs no kernel (a step after execution).
 
-    * Progress bars (tqdm's notebook widgets) keep only their final text, ``desc: 100%|...|``:
-      as widgets they would render as empty boxes.
+    * Progress bars (tqdm's notebook widgets) are dropped: without a kernel they render as empty
+      boxes, and their stored text is the bar as it was created (0%), not as it ended.
     * Playgrounds (``interactive(...)``) keep their widget output but the notebook's stored widget
       state is dropped, so the book shows its note "an interactive widget appears here when the
       notebook runs" (``book/_static/widget-fallback.js``) beside the static twins drawn above it,
@@ -121,16 +121,16 @@ def prepare_for_book(path) -> dict:
     nb = json.loads(path.read_text())
     counts = {"progress_bars": 0, "playgrounds": 0}
     for cell in nb["cells"]:
+        kept = []
         for output in cell.get("outputs", []):
             data = output.get("data", {})
-            if WIDGET_VIEW not in data:
-                continue
-            text = "".join(data.get("text/plain", ""))
-            if text.startswith("interactive("):
-                counts["playgrounds"] += 1
-            else:
-                output["data"] = {"text/plain": text}
+            if WIDGET_VIEW in data and not "".join(data.get("text/plain", "")).startswith("interactive("):
                 counts["progress_bars"] += 1
+                continue
+            counts["playgrounds"] += WIDGET_VIEW in data
+            kept.append(output)
+        if "outputs" in cell:
+            cell["outputs"] = kept
     nb["metadata"].pop("widgets", None)
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return counts
