@@ -90,3 +90,55 @@ def grid(n: int, cols: int = 3, size=(4.2, 3.0)):
     for ax in axes.flat[n:]:
         ax.remove()
     return fig, list(axes.flat[:n])
+
+
+# -- chapter 4: LLAMA's posterior on sinusoids ----------------------------------------------------
+SINUSOID_GRID = torch.linspace(-5, 5, 201).view(-1, 1)  # where posterior curves are drawn
+
+
+def sinusoid_task(seed: int, shots: int = 10, x_range=(-5.0, 5.0)):
+    """One sinusoid task seen through ``shots`` points drawn uniformly from ``x_range``.
+
+    Returns ``(x, y, amplitude, phase)``: x and y of shape (shots, 1), amplitude and phase of
+    shape (1,), all from a generator seeded by ``seed`` (the amplitude and phase first, as
+    :class:`mlcourse.tasks.Sinusoid` draws them, then the points).
+    """
+    from .tasks import Sinusoid
+
+    lo, hi = x_range
+    if not lo <= hi:
+        raise ValueError(f"x_range={tuple(x_range)} is reversed: allowed (low, high) with low <= high")
+    gen = torch.Generator().manual_seed(seed)
+    _, amplitude, phase = Sinusoid(1, 1).sample(1, gen, return_params=True)
+    x = lo + (hi - lo) * torch.rand(shots, 1, generator=gen)
+    return x, Sinusoid.function(x[None], amplitude, phase)[0], amplitude, phase
+
+
+def sinusoid_posterior(algorithm, x, y, amplitude, phase, samples: int = 12, seed: int = 0, steps: int = 10,
+                       title: str = "", ax=None):
+    """The true sinusoid, the support points and, after ``steps`` adaptation steps on them, either
+    ``samples`` draws of the posterior predictive (an algorithm with ``predictive_samples``, such
+    as LLAMA; drawn with a generator seeded by ``seed``) or the one adapted prediction (MAML)."""
+    from .tasks import Sinusoid
+
+    ax = ax or plt.subplots(figsize=(5, 3.2))[1]
+    device = next(algorithm.model.parameters()).device
+    grid_x = SINUSOID_GRID
+    truth = Sinusoid.function(grid_x[None], amplitude, phase)[0]
+    ax.plot(grid_x[:, 0], truth[:, 0], "k", lw=2, label="ground truth")
+    if hasattr(algorithm, "predictive_samples"):
+        preds = algorithm.predictive_samples(x.to(device), y.to(device), grid_x.to(device), samples,
+                                             torch.Generator().manual_seed(seed), inner_steps=steps).cpu()
+        for i, p in enumerate(preds):
+            ax.plot(grid_x[:, 0], p[:, 0], color="tab:blue", lw=0.8, alpha=0.6,
+                    label="posterior sample" if i == 0 else None)
+    else:
+        with torch.no_grad():
+            phi = algorithm.adapt(x.to(device), y.to(device), inner_steps=steps)
+            prediction = forward(algorithm.model, phi, grid_x.to(device)).cpu()
+        ax.plot(grid_x[:, 0], prediction[:, 0], color="tab:orange", lw=1.5, label="MAML prediction")
+    ax.scatter(x[:, 0], y[:, 0], color="red", zorder=5, s=18, label="support points")
+    ax.set_ylim(-7, 7)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=6, loc="upper right")
+    return ax

@@ -128,3 +128,202 @@ def taylor_playground(loss_of, theta, tasks, inner_lr: float = 0.01, k: int = 2)
         inner_lr=w.FloatLogSlider(value=inner_lr, base=10, min=-3.5, max=-0.5, step=0.1, description="alpha"),
         k=w.IntSlider(value=k, min=1, max=fewest, description="k"),
     )
+
+
+# -- chapter 4: early stopping as a prior, and LLAMA's posterior on sinusoids ---------------------
+def draw_early_stopping(H, phi_star, theta, k: int = 3, step: float = 0.5, ax=None):
+    """k steps of gradient descent on the 2-D quadratic 1/2 (phi - phi*)^T H (phi - phi*) from
+    theta, the prior N(theta, Q) they imply (1- and 2-sigma ellipses) and the MAP estimate under
+    it, which lands on the k-th iterate. ``step`` is b lambda_max (b: the step size). Returns the
+    figure."""
+    import numpy as np
+
+    from .analysis import evidence
+    from .utils import check_int
+
+    check_int("k", k, 1)
+    if H.shape != (2, 2):
+        raise ValueError(f"H has shape {tuple(H.shape)}: allowed (2, 2), a quadratic in the plane")
+    if not 0 < step < 1:
+        raise ValueError(f"step={step!r} is out of range: allowed 0 < b lambda_max < 1")
+    ax = ax or plt.subplots(figsize=(4.2, 4))[1]
+    b = step / torch.linalg.eigvalsh(H).max().item()
+    u, v = np.meshgrid(np.linspace(-3, 3, 120), np.linspace(-3, 3, 120))
+    d = np.stack([u - phi_star[0].item(), v - phi_star[1].item()], -1)
+    loss = 0.5 * np.einsum("...i,ij,...j->...", d, H.numpy(), d)
+    ax.contour(u, v, loss, levels=12, colors="0.75", linewidths=0.8)
+    path = [evidence.gradient_descent_iterate(H, phi_star, theta, i, b) for i in range(k + 1)]
+    ax.plot(*np.array([p.numpy() for p in path]).T, "k.-", ms=4, lw=0.8, label="gradient descent")
+    Q = evidence.early_stopping_prior_covariance(H, k, b)
+    w, V = torch.linalg.eigh(Q)
+    t = np.linspace(0, 2 * np.pi, 200)
+    circle = torch.tensor(np.stack([np.cos(t), np.sin(t)]))
+    for r in (1, 2):
+        ellipse = (V @ torch.diag(w.sqrt()) @ circle).numpy() * r
+        ax.plot(theta[0].item() + ellipse[0], theta[1].item() + ellipse[1], color="tab:blue", lw=1)
+    m = evidence.map_estimate(H, phi_star, theta, Q)
+    ax.plot(*m.numpy(), "rx", ms=10, mew=2, label="MAP under N(theta, Q)")
+    ax.plot(*phi_star.numpy(), "k*", ms=10, label="phi*")
+    ax.set_xlim(-3, 3), ax.set_ylim(-3, 3), ax.set_aspect("equal")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"k={k}, b={step:g}/lambda_max", fontsize=10)
+    return ax.figure
+
+
+def early_stopping_playground(H, phi_star, theta, k: int = 3, step: float = 0.5):
+    """Sliders for the number of steps k and the step size b lambda_max of :func:`draw_early_stopping`."""
+    import ipywidgets as w
+
+    def show(k, step):
+        draw_early_stopping(H, phi_star, theta, k, step)
+        plt.show()
+
+    return w.interactive(
+        show,
+        k=w.IntSlider(value=k, min=1, max=40, description="steps k"),
+        step=w.FloatSlider(value=step, min=0.05, max=0.95, step=0.05, description="b lambda_max"),
+    )
+
+
+def draw_llama_posterior(llama, maml, tau: float = 300.0, eta: float = 1e-3, points: int = 10,
+                         x_range=(-5.0, 5.0), curvature: str = "kfac", seed: int = 11):
+    """MAML's prediction and LLAMA's posterior samples on one sinusoid task seen through ``points``
+    points in ``x_range``, with LLAMA's prior precision ``tau``, weight ``eta`` and ``curvature``
+    replaced (the trained network is shared, not copied). Prints the two terms of LLAMA's
+    objective for the task (query loss on 100 fresh points, eta log det H_hat); returns the figure."""
+    from .algorithms.llama import LLAMA
+    from .curvature import CURVATURES
+    from .plots import sinusoid_posterior, sinusoid_task
+    from .tasks import Sinusoid, TaskBatch
+    from .utils import check_int, check_positive
+
+    if not isinstance(llama, LLAMA):
+        raise TypeError(f"llama must be a trained mlcourse LLAMA, got {type(llama).__name__}")
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature={curvature!r} is unknown: allowed {', '.join(map(repr, CURVATURES))}")
+    check_int("points", points, 1)
+    alg = copy.copy(llama)  # shares the trained network: only tau, eta and the curvature differ
+    alg.prior_precision, alg.eta = check_positive("tau", tau), check_positive("eta", eta)
+    alg.curvature = curvature
+    x, y, amplitude, phase = sinusoid_task(seed, shots=points, x_range=x_range)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    where = f"{points} points in [{x_range[0]:g}, {x_range[1]:g}]"
+    sinusoid_posterior(maml, x, y, amplitude, phase, title=f"MAML, {where}", ax=axes[0])
+    sinusoid_posterior(alg, x, y, amplitude, phase, samples=16, title=f"LLAMA ({curvature}), tau={tau:g}",
+                       ax=axes[1])
+    fig.tight_layout()
+    qx, *_ = sinusoid_task(seed + 1000, shots=100)
+    qy = Sinusoid.function(qx[None], amplitude, phase)[0]
+    device = next(alg.model.parameters()).device
+    query, logdet = alg.task_terms(TaskBatch(x[None], y[None], qx[None], qy[None]).to(device))
+    print(f"query loss {query.item():.3f}   log det H_hat {logdet.item():.1f}   "
+          f"eta * log det {eta * logdet.item():.3f}")
+    return fig
+
+
+def llama_playground(llama, maml, tau: float = 300.0, eta: float = 1e-3, points: int = 10,
+                     x_range=(-5.0, 5.0), curvature: str = "kfac", seed: int = 11):
+    """Sliders for tau, eta, the number and range of the points, the curvature and the task of
+    :func:`draw_llama_posterior`."""
+    import ipywidgets as w
+
+    def show(tau, eta, points, x_range, curvature, seed):
+        draw_llama_posterior(llama, maml, tau, eta, points, x_range, curvature, seed)
+        plt.show()
+
+    return w.interactive(
+        show,
+        tau=w.FloatLogSlider(value=tau, base=10, min=0, max=4, step=0.1, description="tau"),
+        eta=w.FloatLogSlider(value=eta, base=10, min=-6, max=0, step=0.5, description="eta"),
+        points=w.IntSlider(value=points, min=1, max=40, description="points"),
+        x_range=w.FloatRangeSlider(value=tuple(x_range), min=-5.0, max=5.0, step=0.25, description="x range"),
+        curvature=w.Dropdown(options=["kfac", "diagonal"], value=curvature, description="curvature"),
+        seed=w.IntSlider(value=seed, min=0, max=50, description="task seed"),
+    )
+
+
+# -- chapter 5: lambda and the conjugate-gradient steps of iMAML ----------------------------------
+def _linear_features(x):
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+
+
+def _proximal_linear(theta, batch, lam: float):
+    """Alg*(theta) per task for a linear model with the mean squared error, in closed form:
+    (H + lam I)^-1 (2/n Z^T y + lam theta), H = 2/n Z^T Z, Z the inputs with a column of ones."""
+    eye = torch.eye(theta.numel(), dtype=theta.dtype)
+    phis = []
+    for sx, sy in zip(batch.support_x, batch.support_y):
+        z = _linear_features(sx)
+        h = 2.0 / len(z) * z.T @ z
+        phis.append(torch.linalg.solve(h + lam * eye, 2.0 / len(z) * z.T @ sy[:, 0] + lam * theta))
+    return torch.stack(phis)
+
+
+def _mean_squared_error(xs, ys, phis) -> float:
+    return sum(((_linear_features(x) @ p - y[:, 0]) ** 2).mean().item() for x, y, p in zip(xs, ys, phis)) / len(phis)
+
+
+def draw_lambda_cg(model, batch, lam: float = 2.0, cg_steps: int = 5, max_cg_steps: int = 40):
+    """iMAML on proximal linear-regression tasks (``model``: a ``torch.nn.Linear`` with one output,
+    ``batch``: a TaskBatch of regression tasks, e.g. :class:`mlcourse.tasks.linear.LinearRegression`).
+
+    Left: ||Alg*(theta) - theta|| and the support and query losses at Alg*(theta) against lambda
+    (the inner problem solved exactly), ``lam`` marked. Right: the relative error of the first
+    task's meta-gradient (I + H/lam)^-1 grad L_test after 1..``max_cg_steps`` CG steps
+    (:func:`mlcourse.implicit.conjugate_gradient`), ``cg_steps`` marked. Returns the figure.
+    """
+    from .implicit import conjugate_gradient
+    from .utils import check_int, check_positive
+
+    lam = check_positive("lam", lam)
+    check_int("max_cg_steps", max_cg_steps, 1)
+    check_int("cg_steps", cg_steps, 1, max_cg_steps, why="the CG steps drawn")
+    if not isinstance(model, torch.nn.Linear) or model.out_features != 1:
+        raise TypeError(f"model must be a torch.nn.Linear with one output, got {model!r}")
+    theta = torch.cat([model.weight.detach().flatten(), model.bias.detach()])
+    lams = torch.logspace(-2, 2, 41, dtype=torch.float64).tolist()
+    distance, support, query = [], [], []
+    for value in lams:
+        phis = _proximal_linear(theta, batch, value)
+        distance.append((phis - theta).norm(dim=1).mean().item())
+        support.append(_mean_squared_error(batch.support_x, batch.support_y, phis))
+        query.append(_mean_squared_error(batch.query_x, batch.query_y, phis))
+    phi = _proximal_linear(theta, batch, lam)[0]
+    z, zq = _linear_features(batch.support_x[0]), _linear_features(batch.query_x[0])
+    h = 2.0 / len(z) * z.T @ z
+    v = {"w": 2.0 / len(zq) * zq.T @ (zq @ phi - batch.query_y[0][:, 0])}
+    exact = torch.linalg.solve(torch.eye(len(h), dtype=h.dtype) + h / lam, v["w"])
+    steps = list(range(1, max_cg_steps + 1))
+    errors = []
+    for j in steps:
+        g, _, _ = conjugate_gradient(lambda u: {"w": u["w"] + h @ u["w"] / lam}, v, max_iters=j, tol=1e-14,
+                                     warn=False)
+        errors.append(((g["w"] - exact).norm() / exact.norm()).item())
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.3))
+    axes[0].loglog(lams, distance, label="||Alg*(theta) - theta||")
+    axes[0].loglog(lams, support, label="support loss")
+    axes[0].loglog(lams, query, label="query loss")
+    axes[0].axvline(lam, color="k", ls=":")
+    axes[0].set_xlabel("lambda"), axes[0].legend(fontsize=8)
+    axes[1].semilogy(steps, errors, marker=".")
+    axes[1].axvline(cg_steps, color="k", ls=":")
+    axes[1].set_xlabel("CG steps"), axes[1].set_ylabel("relative meta-gradient error")
+    axes[1].set_title(f"lambda = {lam:.3g}: error {errors[cg_steps - 1]:.2g} after {cg_steps} CG steps",
+                      fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def lambda_cg_playground(model, batch, lam: float = 2.0, cg_steps: int = 5):
+    """Sliders for lambda and the number of CG steps of :func:`draw_lambda_cg`."""
+    import ipywidgets as w
+
+    def show(lam, cg_steps):
+        draw_lambda_cg(model, batch, lam, cg_steps)
+        plt.show()
+
+    return w.interactive(
+        show,
+        lam=w.FloatLogSlider(value=lam, base=10, min=-2, max=2, step=0.1, description="lambda"),
+        cg_steps=w.IntSlider(value=cg_steps, min=1, max=40, description="CG steps"),
+    )
