@@ -1,7 +1,8 @@
 """One knob that scales every experiment: the budget.
 
-``smoke`` runs each training in seconds (CI), ``default`` fits a 2-core CPU (each chapter within
-about 15 minutes), ``paper`` uses the papers' iteration counts and meta-batches (a GPU).
+``smoke`` runs each training in seconds (CI), ``default`` fits a 2-core CPU (minutes per chapter;
+each chapter prints its own wall time), ``paper`` uses the papers' iteration counts and
+meta-batches (a GPU).
 Budgets change sizes only, never the code path. Choose with ``MLCOURSE_BUDGET``.
 """
 from __future__ import annotations
