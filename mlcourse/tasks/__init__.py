@@ -1,7 +1,8 @@
 """Task samplers: each has ``sample(meta_batch, generator=None) -> TaskBatch``."""
 from .base import SharedTail, TaskBatch
+from .linear import LinearRegression
 from .miniimagenet import MiniImageNet
 from .omniglot import DataError, Omniglot, OmniglotRuns
 from .sinusoid import Sinusoid
 
-__all__ = ["TaskBatch", "SharedTail", "Sinusoid", "Omniglot", "OmniglotRuns", "MiniImageNet", "DataError"]
+__all__ = ["TaskBatch", "SharedTail", "Sinusoid", "Omniglot", "OmniglotRuns", "MiniImageNet", "DataError", "LinearRegression"]
