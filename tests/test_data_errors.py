@@ -10,7 +10,6 @@ import contextlib
 import functools
 import hashlib
 import http.server
-import io
 import os
 import socket
 import subprocess
@@ -25,27 +24,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mlcourse.tasks import omniglot as om
 from mlcourse.tasks.base import TaskBatch
+
+from _helpers import fake_archive
 
 NAMES = ("images_background", "images_evaluation", "all_runs")
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _fake_archive(path: Path, top: str, chars: dict[str, int], seed: int = 0):
-    """A small zip in the official layout; chars maps 'alphabet/characterNN' -> number of drawings."""
-    rng = np.random.default_rng(seed)
-    with zipfile.ZipFile(path, "w") as zf:
-        for c, n in chars.items():
-            for j in range(n):
-                bits = rng.random((105, 105)) > 0.1  # white background, black strokes
-                buf = io.BytesIO()
-                Image.fromarray(bits).convert("1").save(buf, format="PNG")
-                zf.writestr(f"{top}/{c}/{j:04d}_{j + 1:02d}.png", buf.getvalue())
 
 
 @pytest.fixture
@@ -55,9 +43,9 @@ def fake_root(tmp_path, monkeypatch) -> Path:
     (root / "omniglot").mkdir(parents=True)
     monkeypatch.setenv("MLCOURSE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(om, "ARCHIVES", {"images_background": 3, "images_evaluation": 2})
-    _fake_archive(root / "omniglot" / "images_background.zip", "images_background",
+    fake_archive(root / "omniglot" / "images_background.zip", "images_background",
                   {"A/character01": 20, "A/character02": 20, "B/character01": 20})
-    _fake_archive(root / "omniglot" / "images_evaluation.zip", "images_evaluation",
+    fake_archive(root / "omniglot" / "images_evaluation.zip", "images_evaluation",
                   {"C/character01": 20, "D/character01": 20}, seed=1)
     return root
 
@@ -111,9 +99,9 @@ def _serve_dir(tmp_path: Path) -> Path:
     """A folder laid out like the official repository's python/ folder, with small real zips."""
     srv = tmp_path / "srv"
     (srv / "one-shot-classification").mkdir(parents=True)
-    _fake_archive(srv / "images_background.zip", "images_background", {"A/character01": 2})
-    _fake_archive(srv / "images_evaluation.zip", "images_evaluation", {"B/character01": 2}, seed=1)
-    _fake_archive(srv / "one-shot-classification" / "all_runs.zip", "run01", {"training/x": 2}, seed=2)
+    fake_archive(srv / "images_background.zip", "images_background", {"A/character01": 2})
+    fake_archive(srv / "images_evaluation.zip", "images_evaluation", {"B/character01": 2}, seed=1)
+    fake_archive(srv / "one-shot-classification" / "all_runs.zip", "run01", {"training/x": 2}, seed=2)
     return srv
 
 

@@ -21,6 +21,8 @@ from mlcourse.tasks import omniglot as om
 from mlcourse.tasks.base import TaskBatch
 from mlcourse.tasks.omniglot import Omniglot, OmniglotRuns, load_omniglot, split_indices
 
+from _helpers import fake_archive
+
 
 def _find_root() -> Path | None:
     env = os.environ.get("MLCOURSE_DATA")
@@ -301,26 +303,14 @@ def test_second_construction_is_fast(data):
     assert ds.num_classes == 4 * 423
 
 
-def _fake_archive(path: Path, top: str, chars: dict[str, int]):
-    """A small zip in the official layout; chars maps 'alphabet/characterNN' -> number of drawings."""
-    rng = np.random.default_rng(0)
-    with zipfile.ZipFile(path, "w") as zf:
-        for c, n in chars.items():
-            for j in range(n):
-                bits = rng.random((105, 105)) > 0.1  # white background, black strokes
-                buf = io.BytesIO()
-                Image.fromarray(bits).convert("1").save(buf, format="PNG")
-                zf.writestr(f"{top}/{c}/{j:04d}_{j + 1:02d}.png", buf.getvalue())
-
-
 def test_cache_written_and_reused(tmp_path, monkeypatch):
     root, cache = tmp_path / "root", tmp_path / "cache"
     (root / "omniglot").mkdir(parents=True)
     monkeypatch.setenv("MLCOURSE_CACHE", str(cache))
     monkeypatch.setattr(om, "ARCHIVES", {"images_background": 3, "images_evaluation": 2})
-    _fake_archive(root / "omniglot" / "images_background.zip", "images_background",
+    fake_archive(root / "omniglot" / "images_background.zip", "images_background",
                   {"Beta/character01": 20, "Alpha/character02": 20, "Alpha/character01": 20})
-    _fake_archive(root / "omniglot" / "images_evaluation.zip", "images_evaluation",
+    fake_archive(root / "omniglot" / "images_evaluation.zip", "images_evaluation",
                   {"Gamma/character01": 20, "Delta/character01": 20})
 
     first = load_omniglot(root, download=False, progress=False)
@@ -345,9 +335,9 @@ def test_wrong_counts_fail_clearly(tmp_path, monkeypatch):
     (root / "omniglot").mkdir(parents=True)
     monkeypatch.setenv("MLCOURSE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(om, "ARCHIVES", {"images_background": 2, "images_evaluation": 1})
-    _fake_archive(root / "omniglot" / "images_background.zip", "images_background",
+    fake_archive(root / "omniglot" / "images_background.zip", "images_background",
                   {"A/character01": 20, "A/character02": 19})
-    _fake_archive(root / "omniglot" / "images_evaluation.zip", "images_evaluation", {"B/character01": 20})
+    fake_archive(root / "omniglot" / "images_evaluation.zip", "images_evaluation", {"B/character01": 20})
     with pytest.raises(om.DataError, match=r"A/character02: 19"):
         load_omniglot(root, download=False, progress=False)
     monkeypatch.setattr(om, "ARCHIVES", {"images_background": 964, "images_evaluation": 659})
