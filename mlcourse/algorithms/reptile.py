@@ -114,18 +114,21 @@ class Reptile(MetaLearner):
         """W = U^k(theta) on one task at test time, on mini-batches ``indices`` [steps, batch] (default:
         the evaluation batch size, in a fixed order); the inner optimiser starts from a copy of the
         carried state (or a fresh one), which is then discarded."""
-        if indices is None and self.eval_inner_batch is not None:
-            indices = self.batch_indices(1, support_x.shape[0], steps, self.eval_inner_batch,
-                                         torch.Generator().manual_seed(0))
-            indices = None if indices is None else indices[0]
+        if indices is None:
+            indices = self._eval_indices(1, support_x.shape[0], steps)
+            indices = None if indices is None else indices[0].to(support_x.device)
         with torch.no_grad():
             return self._inner(support_x, support_y, params, steps, indices, self._start_state(params))[0]
 
     def task_extras(self, batch: TaskBatch, steps: int) -> tuple:
-        """Every task's evaluation mini-batches, in a fixed order so that predictions are repeatable."""
-        indices = self.batch_indices(batch.num_tasks, batch.support_x.shape[1], steps, self.eval_inner_batch,
-                                     torch.Generator().manual_seed(0))
+        """Every task's evaluation mini-batches (see ``_eval_indices``)."""
+        indices = self._eval_indices(batch.num_tasks, batch.support_x.shape[1], steps)
         return () if indices is None else (indices.to(batch.support_x.device),)
+
+    def _eval_indices(self, num_tasks: int, num_examples: int, steps: int) -> torch.Tensor | None:
+        # a generator seeded afresh each call: the same order every time, so predictions are repeatable
+        return self.batch_indices(num_tasks, num_examples, steps, self.eval_inner_batch,
+                                  torch.Generator().manual_seed(0))
 
     def _start_state(self, params: Params):
         if self.carry_inner_state and self.inner_state is not None:
