@@ -50,6 +50,12 @@ def _hardware(device: torch.device) -> str:
             f"{threads} thread{'s' if threads != 1 else ''}")
 
 
+def _processes() -> int:
+    from .distributed import world
+
+    return world()[1]
+
+
 def _reproduce(args) -> dict:
     from . import __version__
 
@@ -62,14 +68,16 @@ def _reproduce(args) -> dict:
                  root=args.data_root, protocol=args.protocol, checkpoint=args.checkpoint,
                  checkpoint_every=args.checkpoint_every, restart=args.force_restart,
                  eval_steps=(1, 10) if args.benchmark == "sinusoid" else (), iterations=args.iterations,
-                 meta_batch=args.meta_batch)
+                 meta_batch=args.meta_batch, select=args.select.replace("-", "_"))
     history = result["history"]
     record = {"algorithm": args.algorithm, "benchmark": args.benchmark, "shots": args.shots,
               "budget": budget.as_dict(), "seed": args.seed, "device": str(device), "hardware": _hardware(device),
               "torch": torch.__version__, "python": platform.python_version(), "mlcourse": __version__,
               "command": "python -m mlcourse " + shlex.join(args.argv), "settings": result["settings"],
               "iterations": len(history["loss"]), "meta_batch": result["meta_batch"],
-              "checkpoint": args.checkpoint}
+              "checkpoint": args.checkpoint, "select": args.select,
+              "selected_iteration": history.get("selected_iteration", len(history["loss"])),
+              "selected_val": history.get("selected_val"), "processes": _processes()}
     r = result["result"]
     if args.benchmark == "omniglot":
         record.update(ways=args.ways, protocol=args.protocol, metric="accuracy_percent", mean=100 * r["mean"],
@@ -109,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--checkpoint-every", type=int, default=100, help="meta-iterations between checkpoints")
     rep.add_argument("--force-restart", action="store_true",
                      help="delete the --checkpoint file (and its backup) and start over")
+    rep.add_argument("--nproc", type=int, default=1,
+                     help="processes that share each meta-batch (torch.distributed: gloo on CPUs, NCCL "
+                          "with one GPU each); started through torchrun")
+    rep.add_argument("--select", default="last", choices=("last", "best-val"),
+                     help="test the last iterate, or the parameters at the best validation score "
+                          "(validation-based checkpoint selection; kept in the checkpoint)")
     rep.add_argument("--out", default=None, help="write the result as JSON here (its folder is created)")
 
     dl = sub.add_parser("download", help="download a dataset's archives into a data root")
@@ -129,6 +143,25 @@ def _check_numbers(args):
         raise ValueError(f"--checkpoint-every={args.checkpoint_every} is out of range: allowed >= 1")
     if args.shots < 1:
         raise ValueError(f"--shots={args.shots} is out of range: allowed >= 1")
+    if args.nproc < 1:
+        raise ValueError(f"--nproc={args.nproc} is out of range: allowed >= 1")
+
+
+def _launch(args, argv) -> int:
+    """Start ``--nproc`` copies of this command through torchrun (each sees WORLD_SIZE > 1)."""
+    import subprocess
+
+    rest, skip = [], False
+    for i, a in enumerate(argv):  # the same command without --nproc
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "mlcourse", *rest]
+    return subprocess.call(command)
 
 
 def main(argv=None) -> int:
@@ -150,7 +183,16 @@ def main(argv=None) -> int:
         if args.shots is None:
             args.shots = 1 if args.benchmark == "omniglot" else 10
         _check_numbers(args)
+        from . import distributed
+
+        if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            return _launch(args, argv)
+        rank, _ = distributed.init_from_environment()
+        if rank != 0:  # the others train their share in step; rank 0 reports
+            args.out = None
         record = _reproduce(args)
+        if rank != 0:
+            return 0
     except (ValueError, OSError, FloatingPointError) as err:  # one line, no traceback: it says what to do
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -111,6 +111,32 @@ def gradient_and_hvp(loss_of: Callable[[Params], torch.Tensor], params: Params):
     return loss.detach(), {k: g.detach() for k, g in zip(names, grads)}, product
 
 
+def gauss_newton_operator(output_of: Callable[[Params], torch.Tensor],
+                          loss_of_output: Callable[[torch.Tensor], torch.Tensor], params: Params):
+    """A function u -> G u for the generalised Gauss-Newton matrix G = J^T H_out J at ``params``.
+
+    ``output_of(params)`` is the network's output f(phi) (logits or predictions), J its Jacobian,
+    and H_out the Hessian of ``loss_of_output`` in that output (Schraudolph, 2002). The full
+    Hessian is G plus a term weighted by the loss's gradient in the output; G drops that term,
+    and because the loss is convex in the output (cross-entropy, squared error) G is positive
+    semi-definite everywhere, which H is not. At a point where the network fits its data the
+    dropped term vanishes and G = H. One product costs a jvp (J u) and a vjp (J^T w).
+    """
+    primal = {k: v.detach() for k, v in params.items()}
+    out, pullback = torch.func.vjp(output_of, primal)
+    out_leaf = out.detach().requires_grad_()
+    with torch.enable_grad():
+        out_grad = torch.autograd.grad(loss_of_output(out_leaf), out_leaf, create_graph=True)[0]
+
+    def product(u: Params) -> Params:
+        _, ju = jvp(output_of, (primal,), ({k: u[k].detach() for k in primal},))
+        with torch.enable_grad():
+            h_ju = torch.autograd.grad(out_grad, out_leaf, ju, retain_graph=True)[0]
+        return {k: v.detach() for k, v in pullback(h_ju)[0].items()}
+
+    return product
+
+
 def explicit_hessian(loss_of: Callable[[Params], torch.Tensor], params: Params) -> torch.Tensor:
     """The dense P x P Hessian of ``loss_of`` at ``params`` (flattened in dict order): for checks only."""
     like = {k: v.detach() for k, v in params.items()}
@@ -175,13 +201,17 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, max_iters:
 # Newton's method without a Hessian
 
 def newton_cg_step(loss_of: Callable[[Params], torch.Tensor], phi: Params, cg_steps: int = 5,
-                   max_backtracks: int = 10, hvp_method: str = DEFAULT_HVP) -> Params:
+                   max_backtracks: int = 10, hvp_method: str = DEFAULT_HVP, curvature=None) -> Params:
     """One Hessian-free (truncated) Newton step on ``loss_of`` with a backtracking (Armijo) line search.
 
-    The direction d solves (grad^2 loss) d = -grad loss by ``cg_steps`` of CG; the step halves up to
+    The direction d solves C d = -grad loss by ``cg_steps`` of CG, where C is the Hessian of the
+    loss or, if given, ``curvature(phi)`` (a function returning u -> C u, e.g. a Gauss-Newton
+    matrix plus the proximal term's lambda I: a Gauss-Newton step); the step halves up to
     ``max_backtracks`` times until the Armijo condition holds (else phi is returned unchanged)."""
     value, grad, hess = gradient_and_hvp(loss_of, phi)
-    if hvp_method != "double_backward":
+    if curvature is not None:
+        hess = curvature(phi)
+    elif hvp_method != "double_backward":
         hess = hvp_operator(loss_of, phi, hvp_method)
     # Truncated Newton: a few CG iterations on H d = -grad. Stopping early is the
     # method (not an error), so no warning; CG from 0 keeps d a descent direction while the
@@ -201,6 +231,31 @@ def newton_cg_step(loss_of: Callable[[Params], torch.Tensor], phi: Params, cg_st
             return trial
         step *= 0.5
     return phi  # no decrease found: keep phi (the line search never makes G worse)
+
+
+def extreme_eigenvalues(matvec: Callable[[Params], Params], like: Params, iterations: int = 50,
+                        seed: int = 0) -> Tuple[float, float]:
+    """``(lowest, highest)`` eigenvalue of a symmetric operator, by power iteration: first on
+    ``matvec`` (the eigenvalue of largest magnitude), then on ``matvec - that * I`` (the other
+    end of the spectrum). Cheap (2 x ``iterations`` products) and approximate: enough to tell
+    whether I + H / lambda is positive definite."""
+    check_int("iterations", iterations, 1)
+    g = torch.Generator().manual_seed(seed)
+
+    def dominant(shift: float) -> float:
+        u = {k: torch.randn(v.shape, generator=g, dtype=v.dtype).to(v.device) for k, v in like.items()}
+        value = 0.0
+        for _ in range(iterations):
+            size = norm(u)
+            u = {k: x / size for k, x in u.items()}
+            w = axpy(-shift, u, matvec(u))
+            value = dot(u, w).item()  # Rayleigh quotient of the shifted operator
+            u = w
+        return value + shift
+
+    first = dominant(0.0)
+    second = dominant(first)
+    return (min(first, second), max(first, second))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,6 +98,51 @@ def finish(glue_name: str = "running_minutes") -> None:
     glue(glue_name, max(1, round(minutes)), display=False)  # an int: rendered without quotes
 
 
+def glue(name: str, value, display: bool = False):
+    """Store ``value`` under ``name`` for the chapter's prose (myst-nb's ``glue``) and return it.
+
+    The text quotes it as ``{glue:text}`name:.1f```, so every number in the prose is one that a
+    stored output computed. Outside the book's environment (Colab has no myst-nb) it only
+    returns ``value``."""
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return value
+    myst_glue(name, value, display=display)
+    return value
+
+
+def table(header, rows, floatfmt: str = ".2f", caption: str | None = None):
+    """Show a table as Markdown (rendered as an HTML table in Jupyter, Colab and the book).
+
+    ``header`` is a list of column names, ``rows`` a list of lists; floats are written with
+    ``floatfmt``, everything else with ``str``. Unlike a printed table it is never clipped at the
+    output box's width. Returns nothing (so that a cell ending with it shows the table once);
+    :func:`markdown_table` gives the text."""
+    text = markdown_table(header, rows, floatfmt, caption)
+    try:
+        from IPython.display import Markdown, display as show
+    except ImportError:  # plain Python: print the Markdown
+        print(text)
+    else:
+        show(Markdown(text))
+
+
+def markdown_table(header, rows, floatfmt: str = ".2f", caption: str | None = None) -> str:
+    """The Markdown text of :func:`table`."""
+    def cell(value):
+        return format(value, floatfmt) if isinstance(value, float) else str(value)
+
+    widths = len(header)
+    for row in rows:
+        if len(row) != widths:
+            raise ValueError(f"a row has {len(row)} cells, the header {widths}: {row!r}")
+    lines = ["| " + " | ".join(map(str, header)) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(widths)) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return ("**" + caption + "**\n\n" if caption else "") + "\n".join(lines)
+
+
 # -- storing an executed chapter for the book ---------------------------------------------------
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 

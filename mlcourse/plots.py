@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import matplotlib.pyplot as plt
+from matplotlib.transforms import ScaledTranslation
 import numpy as np
 import torch
 
@@ -37,7 +38,7 @@ def omniglot_episode(batch, task: int = 0, max_queries: int = 3, title: str | No
 
 def sinusoid_family(sampler, n: int = 8, generator=None, ax=None):
     """``n`` tasks of the sinusoid family, drawn as curves with one task's support points."""
-    ax = ax or plt.subplots(figsize=(6, 3.2))[1]
+    ax = ax or plt.subplots(figsize=(6.4, 3.6))[1]
     batch, amplitude, phase = sampler.sample(n, generator=generator, return_params=True)
     x = torch.linspace(*sampler.x_range, 200).view(1, -1, 1)
     ys = sampler.function(x.expand(n, -1, -1), amplitude, phase)
@@ -45,14 +46,15 @@ def sinusoid_family(sampler, n: int = 8, generator=None, ax=None):
         ax.plot(x[0, :, 0], ys[i, :, 0], lw=1.2, alpha=0.8)
     ax.scatter(batch.support_x[0, :, 0], batch.support_y[0, :, 0], color="k", zorder=3, s=18,
                label=f"a task's K={sampler.shots} support points")
-    ax.set_xlabel("x"), ax.set_ylabel("y"), ax.legend(loc="lower left", fontsize=8)
+    ax.set_ylim(-5.5, 7)  # |y| <= 5: the legend gets the band above the curves
+    ax.set_xlabel("x"), ax.set_ylabel("y"), ax.legend(loc="upper center", fontsize=9)
     ax.set_title(f"{n} tasks: y = A sin(x - b), A in [0.1, 5], b in [0, pi]", fontsize=10)
     return ax
 
 
 def sinusoid_fit(algorithm, support_x, support_y, amplitude, phase, steps=(0, 1, 10), ax=None, title=None):
     """True function, support points, and the model after each number of adaptation steps."""
-    ax = ax or plt.subplots(figsize=(5, 3.2))[1]
+    ax = ax or plt.subplots(figsize=(6.4, 3.6))[1]
     device = next(algorithm.model.parameters()).device
     x = torch.linspace(-5, 5, 200).view(-1, 1)
     ax.plot(x[:, 0], float(amplitude) * torch.sin(x[:, 0] - float(phase)), color="k", lw=2, label="true")
@@ -63,7 +65,11 @@ def sinusoid_fit(algorithm, support_x, support_y, amplitude, phase, steps=(0, 1,
             phi = algorithm.adapt(support_x.to(device), support_y.to(device), inner_steps=k)
             y = forward(algorithm.model, phi, x.to(device)).cpu()
         ax.plot(x[:, 0], y[:, 0], color=c, lw=1.5, ls="--" if k == 0 else "-", label=f"{k} step{'s' if k != 1 else ''}")
-    ax.set_ylim(-6, 6), ax.set_xlabel("x"), ax.legend(fontsize=7, loc="lower left")
+    ax.set_ylim(-6, 6), ax.set_xlabel("x")
+    # below the x label (0.45 inch under the axes, whatever their height): it hides no curve
+    below = ax.transAxes + ScaledTranslation(0, -0.45, ax.figure.dpi_scale_trans)
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below,
+              ncol=3, columnspacing=1.0, handlelength=1.5, frameon=False)
     if title:
         ax.set_title(title, fontsize=10)
     return ax
@@ -71,13 +77,13 @@ def sinusoid_fit(algorithm, support_x, support_y, amplitude, phase, steps=(0, 1,
 
 def adaptation_curves(curves: dict, ax=None, ylabel="query MSE", title=None):
     """``curves``: name -> (steps, means, ci95s); mean with a 95% band against adaptation steps."""
-    ax = ax or plt.subplots(figsize=(5, 3.2))[1]
+    ax = ax or plt.subplots(figsize=(6.4, 3.6))[1]
     for name, (steps, means, cis) in curves.items():
         steps, means, cis = map(np.asarray, (steps, means, cis))
         ax.plot(steps, means, marker="o", ms=3, label=name)
         ax.fill_between(steps, means - cis, means + cis, alpha=0.2)
     ax.set_xlabel("gradient steps at test time"), ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     if title:
         ax.set_title(title, fontsize=10)
     return ax
@@ -140,5 +146,5 @@ def sinusoid_posterior(algorithm, x, y, amplitude, phase, samples: int = 12, see
     ax.scatter(x[:, 0], y[:, 0], color="red", zorder=5, s=18, label="support points")
     ax.set_ylim(-7, 7)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=6, loc="upper right")
+    ax.legend(fontsize=9, loc="upper right")
     return ax

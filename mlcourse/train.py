@@ -151,11 +151,15 @@ def _save_checkpoint(path: Path, state: dict):
     os.replace(tmp, path)
 
 
+#: How meta_train chooses the parameters it leaves in the algorithm (see its docstring).
+SELECT = ("last", "best_val")
+
+
 def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: float = 1e-3, optimizer=None,
                val_sampler=None, val_every: int = 0, val_tasks: int = 100, val_inner_steps: int | None = None,
                checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100, seed: int = 0,
                device=None, progress: bool = True, desc: str = "meta-train", settings: dict | None = None,
-               restart: bool = False) -> dict:
+               restart: bool = False, select: str = "last") -> dict:
     """Outer loop: ``iterations`` meta-updates of theta, each on ``meta_batch`` fresh tasks.
 
     Each step asks the algorithm for ``meta_gradient(batch)`` and applies it with the
@@ -171,12 +175,33 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
     :class:`CheckpointError` before any training, unless ``restart`` (start over). It stops with
     ``FloatingPointError`` on a NaN/Inf loss or gradient.
 
+    Inside a ``torch.distributed`` process group (``python -m mlcourse reproduce ... --nproc N``)
+    each process computes the meta-gradient of its share of every meta-batch and the shares are
+    averaged (:mod:`mlcourse.distributed`); only rank 0 saves checkpoints and shows progress.
+
+    ``select="best_val"`` keeps a copy of the parameters at the best validation score so far
+    (highest accuracy, lowest MSE; saved in the checkpoint too) and leaves the algorithm at
+    them when training ends: validation-based checkpoint selection, so an over-trained or noisy
+    last iterate is not what gets tested. The history then records ``selected_iteration`` and
+    ``selected_val``. ``select="last"`` (default) keeps the last iterate. The choice does not
+    change the training trajectory, so a checkpoint resumes under either.
+
     Returns the history: ``{"iteration", "loss", "val_iteration", "val_mean", "val_ci95", "seconds"}``.
     """
     check_int("iterations", iterations, 0)
     check_int("meta_batch", meta_batch, 1)
     check_int("val_every", val_every, 0)
     check_int("checkpoint_every", checkpoint_every, 1)
+    if select not in SELECT:
+        raise ValueError(f"select={select!r} is unknown: allowed {', '.join(map(repr, SELECT))}")
+    if select == "best_val" and not (val_sampler is not None and val_every):
+        raise ValueError("select='best_val' needs validation: pass val_sampler and val_every >= 1")
+    from . import distributed
+
+    rank, processes = distributed.world()
+    if meta_batch < processes:
+        raise ValueError(f"meta_batch={meta_batch} is smaller than the number of processes ({processes}): "
+                         f"allowed meta_batch >= {processes}")
     device = torch.device(device) if device is not None else default_device()
     algorithm.to(device)
     if optimizer is None:
@@ -186,6 +211,7 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
     generator = torch.Generator().manual_seed(seed)
     history = {"iteration": [], "loss": [], "val_iteration": [], "val_mean": [], "val_ci95": [], "seconds": 0.0}
     start = 0
+    best = None  # {"iteration", "val_mean", "model"} at the best validation score so far
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and restart:
         for stale in (path, path.with_name(path.name + ".prev")):
@@ -197,26 +223,32 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"].cpu())  # map_location may have moved it
         history, start = state["history"], state["iteration"]
+        best = state.get("best")  # checkpoints written before selection existed have none
 
     def save(iteration):
-        if path is not None:
+        if path is not None and rank == 0:
             from . import __version__
 
             _save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "mlcourse": __version__, "settings": settings,
                                     "model": algorithm.state_dict(), "optimizer": optimizer.state_dict(),
                                     "generator": generator.get_state(), "history": history,
-                                    "iteration": iteration})
+                                    "iteration": iteration, "best": best})
 
     named = dict(algorithm.model.named_parameters())
     tic = time.perf_counter()
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=desc, disable=not progress)
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=desc, disable=not progress or rank != 0)
     for it in bar:
         algorithm.model.train()
         batch = sampler.sample(meta_batch, generator=generator).to(device)
         optimizer.zero_grad(set_to_none=True)
         for group in optimizer.param_groups:  # a function of the iteration alone, so a resumed run matches
             group["lr"] = group["initial_lr"] * algorithm.outer_lr_factor(it, iterations)
-        loss, grads = algorithm.meta_gradient(batch)
+        if processes > 1:
+            mine = distributed.share(batch, rank, processes)
+            loss, grads = algorithm.meta_gradient(mine)
+            loss, grads = distributed.average(loss, grads, mine.num_tasks, meta_batch)
+        else:
+            loss, grads = algorithm.meta_gradient(batch)
         _check_finite(loss.detach(), "the meta-loss", it)
         for name, g in grads.items():
             _check_finite(g, "a meta-gradient", it)
@@ -229,6 +261,10 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
             history["val_iteration"].append(it + 1)
             history["val_mean"].append(result["mean"])
             history["val_ci95"].append(result["ci95"])
+            if best is None or (result["mean"] > best["val_mean"] if result["metric"] == "accuracy"
+                                else result["mean"] < best["val_mean"]):
+                best = {"iteration": it + 1, "val_mean": result["mean"],
+                        "model": {k: v.detach().clone() for k, v in algorithm.state_dict().items()}}
             bar.set_postfix(loss=f"{loss.item():.4f}", val=f"{result['mean']:.4f}")
         elif (it + 1) % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -239,4 +275,9 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
     bar.close()
     history["seconds"] += time.perf_counter() - tic
     save(max(iterations, start))
+    if select == "best_val" and best is not None:
+        algorithm.load_state_dict(best["model"])
+        history["selected_iteration"], history["selected_val"] = best["iteration"], best["val_mean"]
+    elif select == "best_val":  # no validation has run yet (e.g. fewer iterations than val_every)
+        history["selected_iteration"], history["selected_val"] = max(iterations, start), None
     return history

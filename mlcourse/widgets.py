@@ -11,6 +11,21 @@ from .plots import grid, sinusoid_fit
 from .tasks import Sinusoid
 
 
+#: The smallest font size, in points, of any text in a playground's figure (labels, ticks, legends).
+MIN_FONT_SIZE = 9
+
+
+def legible(fig, minimum: float = MIN_FONT_SIZE):
+    """Raise every text of ``fig`` (titles, labels, tick labels, legends) to at least ``minimum``
+    points, for figures whose helpers chose smaller legends. Returns ``fig``."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        if text.get_fontsize() < minimum:
+            text.set_fontsize(minimum)
+    return fig
+
+
 def _task(shots: int, seed: int):
     batch, amplitude, phase = Sinusoid(shots, 1).sample(1, torch.Generator().manual_seed(seed), return_params=True)
     return batch.support_x[0], batch.support_y[0], amplitude[0], phase[0]
@@ -29,6 +44,7 @@ def draw_sinusoid_adaptation(algorithms: dict, inner_lr: float, inner_steps: int
     for ax, (name, alg) in zip(axes, algorithms.items()):
         sinusoid_fit(_with_lr(alg, inner_lr), sx, sy, amplitude, phase, steps=(0, inner_steps), ax=ax,
                      title=f"{name}: alpha={inner_lr:g}, k={inner_steps}, K={shots}")
+    legible(fig)
     fig.tight_layout()
     return fig
 
@@ -58,26 +74,65 @@ def sinusoid_playground(algorithms: dict, inner_lr: float = 0.01, inner_steps: i
 
 
 # -- chapter 3: the geometry of Reptile, and the Taylor expansion ---------------------------------
+def reptile_line_path(tasks, inner_steps: int, inner_lr: float = 0.25, outer_step_size: float = 0.5,
+                      iterations: int = 150, start=(0.0, 0.0)) -> torch.Tensor:
+    """The iterates of :func:`mlcourse.analysis.manifolds.reptile_path`, fast enough for a slider.
+
+    On the line tasks the inner loop is gradient descent on quadratics, so Reptile's direction
+    d(theta) = theta - mean_i W_i(theta) is affine in theta: d(theta) = D theta + c. Three calls of
+    the package's ``Reptile.meta_gradient`` (at 0 and at the two unit vectors) give D and c, and
+    the ``iterations`` updates theta <- theta - eps d(theta) are then 2 x 2 products, instead of
+    ``iterations`` calls of k inner steps each (seconds at k = 60). The iterates are the same up
+    to rounding (``benchmarks/widget_redraw.py`` compares them). Returns [iterations + 1, 2].
+    """
+    import torch.nn.functional as F
+
+    from .algorithms.reptile import Reptile
+    from .analysis import manifolds
+    from .utils import check_int, check_positive
+
+    check_int("inner_steps", inner_steps, 1)
+    check_int("iterations", iterations, 1)
+    eps = check_positive("outer_step_size", outer_step_size)
+    model = manifolds.point_model(start)
+    reptile = Reptile(model, F.mse_loss, inner_lr=inner_lr, inner_steps=inner_steps)
+
+    def direction(point):
+        with torch.no_grad():
+            model.weight.copy_(point.view(1, 2))
+        return reptile.meta_gradient(tasks)[1]["weight"].flatten()
+
+    eye = torch.eye(2, dtype=torch.float64)
+    c = direction(torch.zeros(2, dtype=torch.float64))
+    D = torch.stack([direction(e) - c for e in eye], 1)   # column j: d(e_j) - d(0)
+    step, shift = eye - eps * D, -eps * c                  # theta <- step theta + shift
+    path = [torch.as_tensor(start, dtype=torch.float64).flatten()]
+    for _ in range(iterations):
+        path.append(step @ path[-1] + shift)
+    return torch.stack(path)
+
+
 def draw_manifolds(tasks, inner_steps: int, inner_lr: float = 0.25, iterations: int = 150, ax=None):
     """Reptile's iterates on the 2-D line tasks of :mod:`mlcourse.analysis.manifolds`, with the
     point closest to all lines and joint training's minimiser."""
     from .analysis import manifolds
 
-    ax = ax or plt.subplots(figsize=(4.8, 4.2))[1]
+    ax = ax or plt.subplots(figsize=(6.4, 5.4))[1]
     closest, joint = manifolds.closest_point(tasks), manifolds.joint_minimiser(tasks)
-    path = manifolds.reptile_path(tasks, inner_steps, inner_lr, iterations=iterations)
+    path = reptile_line_path(tasks, inner_steps, inner_lr, iterations=iterations)
     u = torch.linspace(-4, 4, 2, dtype=torch.float64)
     for a, b in zip(tasks.support_x[:, 0], tasks.support_y[:, 0, 0]):
         n = a / a.norm()
         base, along = n * b / a.norm(), torch.stack([-n[1], n[0]])
         ends = base + u.unsqueeze(1) * along
         ax.plot(ends[:, 0], ends[:, 1], color="0.6", lw=1)
-    ax.plot(path[:, 0], path[:, 1], ".-", ms=2, lw=0.8, color="tab:blue", label=f"Reptile, k={inner_steps}")
+    ax.plot(path[:, 0], path[:, 1], ".-", ms=2, lw=0.8, color="tab:blue",
+            label=f"Reptile, k={inner_steps}")
     ax.plot(*closest, "*", ms=14, color="tab:green", label="closest to all lines")
     ax.plot(*joint, "x", ms=10, mew=2, color="tab:red", label="joint training")
     ax.set_xlim(-0.5, 3.0), ax.set_ylim(-0.5, 3.0), ax.set_aspect("equal")
     ax.set_xlabel("phi[0]"), ax.set_ylabel("phi[1]")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=MIN_FONT_SIZE, loc="upper right")
     return ax
 
 
@@ -92,24 +147,49 @@ def manifolds_playground(tasks, inner_steps: int = 1):
     return w.interactive(show, inner_steps=w.IntSlider(value=inner_steps, min=1, max=60, description="inner steps k"))
 
 
-def draw_taylor_error(loss_of, theta, tasks, inner_lr: float, k: int):
+def draw_taylor_error(loss_of, theta, tasks, inner_lr: float, k: int, terms=None):
     """Bars: |exact - predicted| expected gradient of MAML, FOMAML and Reptile, with and without
-    the AvgGradInner term, for one step size alpha and k mini-batches."""
+    the AvgGradInner term, for one step size alpha and k mini-batches.
+
+    ``terms`` is ``(avg_grad, avg_grad_inner)`` when already computed (they depend on neither
+    alpha nor k; :func:`taylor_playground` computes them once). Errors below 1e-16 (exact zeros:
+    with k = 1 there is no inner step to predict) are drawn at 1e-16. The log axis spans whole
+    decades, with a label at each power of ten only, so its tick labels never collide."""
+    import numpy as np
+    from matplotlib.ticker import LogLocator, NullFormatter
+
     from .analysis import taylor
 
-    avg_grad, avg_inner = taylor.avg_grad_terms(loss_of, theta, tasks)
+    avg_grad, avg_inner = terms if terms is not None else taylor.avg_grad_terms(loss_of, theta, tasks)
     exact = taylor.exact_gradients(loss_of, theta, tasks, inner_lr, k)
     full = taylor.predicted_gradients(avg_grad, avg_inner, inner_lr, k)
     zero = {p: 0 * v for p, v in avg_inner.items()}
     lead = taylor.predicted_gradients(avg_grad, zero, inner_lr, k)
     names = list(taylor.ALGORITHMS)
-    err = lambda pred: [(flatten(exact[n]) - flatten(pred[n])).norm().item() for n in names]  # noqa: E731
-    fig, ax = plt.subplots(figsize=(5.5, 3))
-    x = torch.arange(len(names)).numpy()
-    ax.bar(x - 0.2, err(lead), 0.4, label="AvgGrad term only")
-    ax.bar(x + 0.2, err(full), 0.4, label="with AvgGradInner")
-    ax.set_xticks(x, names), ax.set_yscale("log"), ax.set_ylabel("|exact - predicted|")
-    ax.set_title(f"alpha={inner_lr:g}, k={k}"), ax.legend(fontsize=8)
+    floor = 1e-16
+
+    def err(pred):
+        return [max((flatten(exact[n]) - flatten(pred[n])).norm().item(), floor) for n in names]
+
+    errors = {"AvgGrad term only": err(lead), "with AvgGradInner": err(full)}
+    fig, ax = plt.subplots(figsize=(7.2, 3.4))
+    x = np.arange(len(names))
+    for shift, (label, values) in zip((-0.2, 0.2), errors.items()):
+        ax.bar(x + shift, values, 0.4, label=label)
+        for position, value in zip(x + shift, values):
+            if value <= floor:  # an exact zero: say so rather than draw nothing
+                ax.text(position, 1.5 * floor, "0", ha="center", va="bottom")
+    ax.set_xticks(x, names)
+    ax.set_yscale("log")
+    every = [v for values in errors.values() for v in values]
+    low, high = np.floor(np.log10(min(every))), np.ceil(np.log10(max(every)))
+    ax.set_ylim(10 ** low, 10 ** max(high, low + 1))
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel("|exact - predicted|")
+    ax.set_title(f"alpha={inner_lr:.3g}, k={k}", fontsize=11)
+    ax.legend(fontsize=MIN_FONT_SIZE, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    legible(fig)
     fig.tight_layout()
     return fig
 
@@ -118,8 +198,12 @@ def taylor_playground(loss_of, theta, tasks, inner_lr: float = 0.01, k: int = 2)
     """Sliders for alpha and k: how well the O(alpha^2) expansion predicts the exact gradients."""
     import ipywidgets as w
 
+    from .analysis import taylor
+
+    terms = taylor.avg_grad_terms(loss_of, theta, tasks)  # independent of the sliders
+
     def show(inner_lr, k):
-        draw_taylor_error(loss_of, theta, tasks, inner_lr, k)
+        draw_taylor_error(loss_of, theta, tasks, inner_lr, k, terms=terms)
         plt.show()
 
     fewest = min(len(t) for t in tasks)
@@ -135,7 +219,14 @@ def draw_early_stopping(H, phi_star, theta, k: int = 3, step: float = 0.5, ax=No
     """k steps of gradient descent on the 2-D quadratic 1/2 (phi - phi*)^T H (phi - phi*) from
     theta, the prior N(theta, Q) they imply (1- and 2-sigma ellipses) and the MAP estimate under
     it, which lands on the k-th iterate. ``step`` is b lambda_max (b: the step size). Returns the
-    figure."""
+    figure.
+
+    Q and the MAP estimate are computed in the eigenbasis of H (B = b I shares it):
+    q_i = ((1 - b lambda_i)^-k - 1) / lambda_i and z_i = z0_i / (1 + lambda_i q_i). There they
+    stay accurate over the sliders' whole range, where Q's stiff variance reaches about 1e51 and the
+    matrix forms of ``evidence.early_stopping_prior_covariance`` and ``evidence.map_estimate``
+    lose the smaller variance to rounding (at k = 40, b lambda_max = 0.95 the solve fails). The
+    chapter checks the matrix forms, for a general B too, where they are well conditioned."""
     import numpy as np
 
     from .analysis import evidence
@@ -146,26 +237,30 @@ def draw_early_stopping(H, phi_star, theta, k: int = 3, step: float = 0.5, ax=No
         raise ValueError(f"H has shape {tuple(H.shape)}: allowed (2, 2), a quadratic in the plane")
     if not 0 < step < 1:
         raise ValueError(f"step={step!r} is out of range: allowed 0 < b lambda_max < 1")
-    ax = ax or plt.subplots(figsize=(4.2, 4))[1]
-    b = step / torch.linalg.eigvalsh(H).max().item()
+    ax = ax or plt.subplots(figsize=(6.0, 5.4))[1]
+    lam, O = torch.linalg.eigh(H)
+    b = step / lam.max().item()
     u, v = np.meshgrid(np.linspace(-3, 3, 120), np.linspace(-3, 3, 120))
     d = np.stack([u - phi_star[0].item(), v - phi_star[1].item()], -1)
     loss = 0.5 * np.einsum("...i,ij,...j->...", d, H.numpy(), d)
     ax.contour(u, v, loss, levels=12, colors="0.75", linewidths=0.8)
     path = [evidence.gradient_descent_iterate(H, phi_star, theta, i, b) for i in range(k + 1)]
     ax.plot(*np.array([p.numpy() for p in path]).T, "k.-", ms=4, lw=0.8, label="gradient descent")
-    Q = evidence.early_stopping_prior_covariance(H, k, b)
-    w, V = torch.linalg.eigh(Q)
+    exponent = -k * torch.log1p(-b * lam)
+    growth = torch.exp(exponent)                            # (1 - b lambda_i)^-k = 1 + lambda_i q_i
+    flat = lam.abs() < 1e-14 * lam.abs().max()              # a direction the loss does not see
+    q = torch.where(flat, torch.full_like(lam, k * b),      # its limit k b, else:
+                    torch.expm1(exponent) / torch.where(flat, torch.ones_like(lam), lam))
     t = np.linspace(0, 2 * np.pi, 200)
     circle = torch.tensor(np.stack([np.cos(t), np.sin(t)]))
     for r in (1, 2):
-        ellipse = (V @ torch.diag(w.sqrt()) @ circle).numpy() * r
+        ellipse = (O @ torch.diag(q.sqrt()) @ circle).numpy() * r
         ax.plot(theta[0].item() + ellipse[0], theta[1].item() + ellipse[1], color="tab:blue", lw=1)
-    m = evidence.map_estimate(H, phi_star, theta, Q)
+    m = phi_star + O @ ((O.T @ (theta - phi_star)) / growth)   # argmin of loss + prior term
     ax.plot(*m.numpy(), "rx", ms=10, mew=2, label="MAP under N(theta, Q)")
     ax.plot(*phi_star.numpy(), "k*", ms=10, label="phi*")
     ax.set_xlim(-3, 3), ax.set_ylim(-3, 3), ax.set_aspect("equal")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=MIN_FONT_SIZE, loc="lower right")
     ax.set_title(f"k={k}, b={step:g}/lambda_max", fontsize=10)
     return ax.figure
 
@@ -211,6 +306,7 @@ def draw_llama_posterior(llama, maml, tau: float = 300.0, eta: float = 1e-3, poi
     sinusoid_posterior(maml, x, y, amplitude, phase, title=f"MAML, {where}", ax=axes[0])
     sinusoid_posterior(alg, x, y, amplitude, phase, samples=16, title=f"LLAMA ({curvature}), tau={tau:g}",
                        ax=axes[1])
+    legible(fig)
     fig.tight_layout()
     qx, *_ = sinusoid_task(seed + 1000, shots=100)
     qy = Sinusoid.function(qx[None], amplitude, phase)[0]
@@ -304,7 +400,7 @@ def draw_lambda_cg(model, batch, lam: float = 2.0, cg_steps: int = 5, max_cg_ste
     axes[0].loglog(lams, support, label="support loss")
     axes[0].loglog(lams, query, label="query loss")
     axes[0].axvline(lam, color="k", ls=":")
-    axes[0].set_xlabel("lambda"), axes[0].legend(fontsize=8)
+    axes[0].set_xlabel("lambda"), axes[0].legend(fontsize=MIN_FONT_SIZE)
     axes[1].semilogy(steps, errors, marker=".")
     axes[1].axvline(cg_steps, color="k", ls=":")
     axes[1].set_xlabel("CG steps"), axes[1].set_ylabel("relative meta-gradient error")

@@ -9,13 +9,14 @@ from torch import nn
 
 from ..functional import Params, forward, inner_loop
 from ..functional import axpy
-from ..implicit import (DEFAULT_HVP, HVP_METHODS, CGNotConvergedWarning, conjugate_gradient, hvp_operator,
-                        newton_cg_step)
+from ..implicit import (DEFAULT_HVP, HVP_METHODS, CGNotConvergedWarning, conjugate_gradient,
+                        gauss_newton_operator, hvp_operator, newton_cg_step)
 from ..utils import check_int, check_positive
 from ..tasks.base import TaskBatch
 from .base import MetaLearner
 
 INNER_SOLVERS = ("gd", "newton_cg")
+CURVATURES = ("hessian", "gauss_newton")
 
 
 class IMAML(MetaLearner):
@@ -56,6 +57,13 @@ class IMAML(MetaLearner):
         eval_inner_steps: solver steps at test time (default: ``inner_steps``).
         vectorise: "auto" or False, both the per-task loop (see below).
         transductive: see :class:`MetaLearner`.
+        curvature: the matrix in the CG systems: "hessian" (H_i, as derived) or "gauss_newton"
+            (G_i = J^T H_out J, positive semi-definite: I + G_i/lam is positive definite for every
+            lam, where I + H_i/lam need not be; the Newton-CG solver then takes Gauss-Newton
+            steps, (G_i + lam I) d = -grad G_i).
+        cg_lam: the lambda of the meta-gradient's CG system, (I + C/cg_lam) g = v (default: lam).
+            A larger value damps the system towards g = v, the first-order answer; the authors'
+            code solves (2 I + H/(lam + 10)) g = v, i.e. cg_lam = 2 (lam + 10) up to a factor 1/2.
 
     Tasks are always mapped by a Python loop, never ``vmap``: CG and the line search branch on
     values (stop when the residual is small, halve the step while the loss has not decreased),
@@ -65,7 +73,8 @@ class IMAML(MetaLearner):
     def __init__(self, model: nn.Module, loss_fn: Callable, lam: float, inner_solver: str = "gd",
                  inner_steps: int = 16, cg_steps: int = 5, inner_lr: float | None = None, cg_tol: float = 1e-2,
                  newton_cg_steps: int = 5, max_backtracks: int = 10, hvp_method: str = DEFAULT_HVP,
-                 eval_inner_steps: int | None = None, vectorise="auto", transductive: bool = True):
+                 eval_inner_steps: int | None = None, vectorise="auto", transductive: bool = True,
+                 curvature: str = "hessian", cg_lam: float | None = None):
         if vectorise is True:
             raise ValueError("vectorise=True is not possible for iMAML: CG and the line search branch on values, "
                              "which vmap cannot batch; allowed 'auto' or False (both take the per-task loop)")
@@ -89,6 +98,10 @@ class IMAML(MetaLearner):
         if hvp_method not in HVP_METHODS:
             raise ValueError(f"hvp_method={hvp_method!r} is unknown: allowed {', '.join(HVP_METHODS)}")
         self.hvp_method = hvp_method
+        if curvature not in CURVATURES:
+            raise ValueError(f"curvature={curvature!r} is unknown: allowed {', '.join(map(repr, CURVATURES))}")
+        self.curvature = curvature
+        self.cg_lam = self.lam if cg_lam is None else check_positive("cg_lam", cg_lam)
         self.last_cg: dict = {}
 
     # -- the inner problem ----------------------------------------------------------------------
@@ -110,11 +123,24 @@ class IMAML(MetaLearner):
         with torch.no_grad():  # no graph through the solver: memory flat in the number of steps
             if self.inner_solver == "gd":
                 return inner_loop(loss_of, phi, self.inner_lr, steps, first_order=True, vectorised=False)
+            curvature = None
+            if self.curvature == "gauss_newton":  # Gauss-Newton steps: (G + lam I) d = -grad G
+                def curvature(point):
+                    gn = self.curvature_operator(point, support_x, support_y)
+                    return lambda u: axpy(self.lam, u, gn(u))
             for _ in range(steps):
-                phi = newton_cg_step(loss_of, phi, self.newton_cg_steps, self.max_backtracks, self.hvp_method)
+                phi = newton_cg_step(loss_of, phi, self.newton_cg_steps, self.max_backtracks, self.hvp_method,
+                                     curvature)
         return phi
 
     # -- the meta-gradient ----------------------------------------------------------------------
+    def curvature_operator(self, phi: Params, support_x: torch.Tensor, support_y: torch.Tensor):
+        """u -> H u (the support loss's Hessian at phi) or u -> G u (its Gauss-Newton matrix)."""
+        if self.curvature == "hessian":
+            return hvp_operator(lambda p: self.support_loss(p, support_x, support_y), phi, self.hvp_method)
+        return gauss_newton_operator(lambda p: forward(self.model, p, support_x),
+                                     lambda out: self.loss_fn(out, support_y), phi)
+
     def task_meta_gradient(self, support_x, support_y, query_x, query_y, theta: Params | None = None):
         """Algorithm 2 for one task: ``(query loss, g_i, CG iterations, CG relative residual)``."""
         theta = self.meta_parameters() if theta is None else theta
@@ -123,10 +149,10 @@ class IMAML(MetaLearner):
         with torch.enable_grad():
             query_loss = self.loss_fn(forward(self.model, leaves, query_x), query_y)
             v = dict(zip(leaves, torch.autograd.grad(query_loss, list(leaves.values()))))
-        hess = hvp_operator(lambda p: self.support_loss(p, support_x, support_y), phi, self.hvp_method)
+        curvature = self.curvature_operator(phi, support_x, support_y)
 
         def matvec(u: Params) -> Params:  # (I + H / lam) u
-            return axpy(1.0 / self.lam, hess(u), u)
+            return axpy(1.0 / self.cg_lam, curvature(u), u)
 
         g, iters, residual = conjugate_gradient(matvec, v, self.cg_steps, self.cg_tol, warn=False)
         return query_loss.detach(), g, iters, residual
