@@ -1,9 +1,10 @@
 """One file per meta-learning algorithm, each a short read of its paper's algorithm box."""
 from .base import MetaLearner
 from .baselines import FromScratch, Pretrained
+from .bmaml import BMAML, EMAML
 from .imaml import IMAML
 from .llama import LLAMA
 from .maml import MAML
 from .reptile import Reptile
 
-__all__ = ["MetaLearner", "MAML", "Reptile", "LLAMA", "IMAML", "Pretrained", "FromScratch"]
+__all__ = ["MetaLearner", "MAML", "Reptile", "LLAMA", "IMAML", "BMAML", "EMAML", "Pretrained", "FromScratch"]
