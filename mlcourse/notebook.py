@@ -108,8 +108,16 @@ def glue(name: str, value, display: bool = False):
         from myst_nb import glue as myst_glue
     except ImportError:
         return value
-    myst_glue(name, value, display=display)
+    # the book shows a glued value's repr: a plain str would appear in quotes
+    myst_glue(name, _Text(value) if isinstance(value, str) else value, display=display)
     return value
+
+
+class _Text(str):
+    """A str whose repr is itself, so that glued text reads as text in the book."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def table(header, rows, floatfmt: str = ".2f", caption: str | None = None):

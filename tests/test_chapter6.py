@@ -1,0 +1,170 @@
+"""Chapter 6's graded exercises, as tests/test_exercises.py tests those of chapters 1-5: every
+check passes its reference solution and explains planted mistakes, reports stubs, exceptions and
+non-functions; the references agree with the package (mlcourse.svgd, BMAML's chaser loss); the
+stored notebook cells match the registry and the chapter notebook embeds them."""
+import json
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlcourse.algorithms.bmaml import chaser_loss
+from mlcourse.exercises import ALL, ch6, exercises_for
+from mlcourse.exercises.cells import NOTEBOOKS, chapter_cells, solution_source, stub_source
+from mlcourse.exercises.checking import random_spd
+from mlcourse.svgd import rbf_kernel, svgd_direction
+
+ROOT = Path(__file__).resolve().parents[1]
+SETUP = {"math": math, "torch": torch, "F": F}  # names every chapter's setup cell defines
+CELLS = ROOT / "notebooks" / "_exercise_cells"
+CHAPTER = 6
+
+
+def _no_stopgrad(theta, score_train, score_all, eps, n, s, h):
+    theta = theta.detach().requires_grad_()
+    follower = theta
+    for _ in range(n):
+        follower = follower + eps * svgd_direction(follower, score_train(follower), h)
+    leader = follower                                  # still attached: the planted mistake
+    for _ in range(s):
+        leader = leader + eps * svgd_direction(leader, score_all(leader), h)
+    return torch.autograd.grad(((follower - leader) ** 2).sum(), theta)[0]
+
+
+def _driving_only(x, scores, h, eps):
+    return x + eps * rbf_kernel(x, h) @ scores / x.shape[0]
+
+
+# id -> [(a wrong answer, a phrase its diagnosis must contain)]
+PLANTED = {
+    "6.1": [(lambda x, h: (torch.exp(-torch.cdist(x, x) ** 2 / (2 * h)),
+                           ch6.rbf_repulsion_solution(x, h)[1]), "divides by 2h"),
+            (lambda x, h: (ch6.rbf_repulsion_solution(x, h)[0], -ch6.rbf_repulsion_solution(x, h)[1]),
+             "wrong sign"),
+            (lambda x, h: (ch6.rbf_repulsion_solution(x, h)[0],
+                           x.shape[0] * ch6.rbf_repulsion_solution(x, h)[1]), "averages it")],
+    "6.2": [(_driving_only, "no repulsive term"),
+            (lambda x, s, h, eps: x + eps * s, "plain gradient ascent"),
+            (lambda x, s, h, eps: (ch6.svgd_step_solution(x, s, h, eps) - x) / eps, "not the moved")],
+    "6.3": [(_no_stopgrad, "flows through the leader"),
+            (lambda *args: -ch6.chaser_gradient_solution(*args), "sign error")],
+}
+
+
+def test_registry_has_chapter_6():
+    exercises = exercises_for(CHAPTER)
+    assert len(exercises) >= 2 and set(PLANTED) == {ex.id for ex in exercises}
+    assert NOTEBOOKS[CHAPTER] == "06_bmaml.ipynb"
+    for ex in exercises:
+        assert ALL[ex.id] is ex and ex.points >= 1
+        assert ex.check.__name__ == f"check_{ex.function_name}"
+        assert ex.solution.__name__ == f"{ex.function_name}_solution"
+        assert getattr(ch6, ex.check.__name__) is ex.check
+
+
+@pytest.mark.parametrize("ex_id", sorted(PLANTED))
+def test_check_passes_the_reference_solution(ex_id, capsys):
+    ex = ALL[ex_id]
+    result = ex.check(ex.solution)
+    assert result.passed and result.exercise == ex_id, result.message
+    assert result.score == ex.points and result.status == "correct"
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("[PASS] Exercise " + ex_id)
+
+
+@pytest.mark.parametrize("ex_id", sorted(PLANTED))
+def test_check_explains_planted_mistakes(ex_id):
+    ex = ALL[ex_id]
+    for wrong, phrase in PLANTED[ex_id]:
+        result = ex.check(wrong, verbose=False)
+        assert not result.passed and result.attempted, ex_id
+        assert phrase in result.message, f"{ex_id}: {phrase!r} not in {result.message!r}"
+        assert "[case " in result.message
+
+
+@pytest.mark.parametrize("ex_id", sorted(PLANTED))
+def test_check_reports_stubs_exceptions_and_non_functions(ex_id):
+    ex = ALL[ex_id]
+    namespace = dict(SETUP)
+    exec(stub_source(ex), namespace)
+    result = ex.check(namespace[ex.function_name], verbose=False)
+    assert not result.passed and not result.attempted
+    assert result.message.startswith("not attempted yet:")
+
+    def broken(*args):
+        raise ValueError("boom")
+    result = ex.check(broken, verbose=False)
+    assert not result.passed and "raised ValueError: boom" in result.message
+    result = ex.check(lambda *args: None, verbose=False)
+    assert not result.passed and "forget the `return`" in result.message
+    with pytest.raises(TypeError, match="expects a function"):
+        ex.check(42)
+
+
+# ---------------------------------------------------------------------------------------------
+# The references agree with the package
+
+def test_kernel_and_step_match_mlcourse_svgd():
+    g = torch.Generator().manual_seed(0)
+    for m, d, h in [(1, 2, 1.0), (4, 3, 0.5), (9, 2, 2.0)]:
+        x = torch.randn(m, d, generator=g, dtype=torch.float64)
+        s = torch.randn(m, d, generator=g, dtype=torch.float64)
+        K, r = ch6.rbf_repulsion_solution(x, h)
+        torch.testing.assert_close(K, rbf_kernel(x, h))
+        # phi* = driving + repulsive: the package's direction with zero scores is r
+        torch.testing.assert_close(r, svgd_direction(x, torch.zeros_like(x), h))
+        torch.testing.assert_close(ch6.svgd_step_solution(x, s, h, 0.1),
+                                   x + 0.1 * svgd_direction(x, s, h))
+
+
+def test_chaser_gradient_matches_the_package_loss():
+    """The solution's gradient equals autograd on mlcourse's chaser_loss with a constant leader."""
+    g = torch.Generator().manual_seed(1)
+    theta = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    p, mean = random_spd(2, 0.5, 2.0, g), torch.randn(2, generator=g, dtype=torch.float64)
+
+    def score(x):
+        return -(x - mean) @ p
+
+    ours = ch6.chaser_gradient_solution(theta, score, score, 0.1, 2, 1, 1.0)
+    t = theta.clone().requires_grad_()
+    follower = t
+    for _ in range(2):
+        follower = follower + 0.1 * svgd_direction(follower, score(follower), 1.0)
+    leader = follower.detach() + 0.1 * svgd_direction(follower.detach(), score(follower.detach()), 1.0)
+    loss = chaser_loss({"w": follower}, {"w": torch.tensor(leader.tolist(), dtype=torch.float64)})
+    torch.testing.assert_close(ours, torch.autograd.grad(loss, t)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The notebook cells
+
+def test_stored_cells_match_the_registry():
+    stored = json.loads((CELLS / f"ch{CHAPTER}.json").read_text())
+    assert stored == chapter_cells(CHAPTER), "regenerate: python -m mlcourse.exercises.cells"
+    by_id = {c["id"]: c for c in stored}
+    for cell in stored:
+        nbformat.validate(nbformat.v4.new_notebook(cells=[nbformat.from_dict(cell)]))
+        for line in "".join(cell["source"]).splitlines():
+            assert len(line) <= 88, (cell["id"], line)
+    for ex in exercises_for(CHAPTER):
+        solution = by_id[f"{ex.label}-solution"]
+        assert "".join(solution["source"]) == solution_source(ex).rstrip("\n")
+        namespace = dict(SETUP)
+        exec("".join(solution["source"]), namespace)
+        assert ex.check(namespace[ex.function_name], verbose=False).passed
+
+
+def test_the_notebook_embeds_the_cells():
+    """Every generated cell is in notebooks/06_bmaml.ipynb with its source and tags."""
+    nb = nbformat.read(str(ROOT / "notebooks" / NOTEBOOKS[CHAPTER]), as_version=4)
+    cells = {c.get("id"): c for c in nb.cells}
+    for cell in chapter_cells(CHAPTER):
+        assert cell["id"] in cells, cell["id"]
+        mine = cells[cell["id"]]
+        assert mine.cell_type == cell["cell_type"]
+        assert mine.source == "".join(cell["source"]), cell["id"]
+        assert mine.metadata.get("tags", []) == cell["metadata"].get("tags", [])
