@@ -406,3 +406,16 @@ def test_screenshots_saved(visit):
     for path in shots.values():
         data = Path(path).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, path
+
+
+def test_markdown_tables_in_outputs_render_as_tables(book):
+    """Tables that cells display as Markdown (mlcourse.notebook.table) must be HTML tables in the
+    book, not rows of pipes (myst-nb's default CommonMark renderer has no tables)."""
+    html_root = book["html"]
+    for chapter in _chapters():
+        nb = json.loads((ROOT / f"{chapter}.ipynb").read_text())
+        expected = sum("|---" in "".join(o.get("data", {}).get("text/markdown", ""))
+                       for c in nb["cells"] for o in c.get("outputs", []))
+        page = (html_root / f"{chapter}.html").read_text(encoding="utf-8")
+        assert "|---" not in page, f"{chapter}: a Markdown table is shown as raw text"
+        assert page.count("<table") >= expected, (chapter, page.count("<table"), expected)
