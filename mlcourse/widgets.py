@@ -117,7 +117,7 @@ def draw_manifolds(tasks, inner_steps: int, inner_lr: float = 0.25, iterations: 
     point closest to all lines and joint training's minimiser."""
     from .analysis import manifolds
 
-    ax = ax or plt.subplots(figsize=(6.4, 5.4))[1]
+    ax = ax or plt.subplots(figsize=(8.0, 6.0))[1]
     closest, joint = manifolds.closest_point(tasks), manifolds.joint_minimiser(tasks)
     path = reptile_line_path(tasks, inner_steps, inner_lr, iterations=iterations)
     u = torch.linspace(-4, 4, 2, dtype=torch.float64)
