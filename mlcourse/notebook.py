@@ -98,19 +98,18 @@ def finish(glue_name: str = "running_minutes") -> None:
     glue(glue_name, max(1, round(minutes)), display=False)  # an int: rendered without quotes
 
 
-def glue(name: str, value, display: bool = False):
-    """Store ``value`` under ``name`` for the chapter's prose (myst-nb's ``glue``) and return it.
+def glue(name: str, value, display: bool = False) -> None:
+    """Store ``value`` under ``name`` for the chapter's prose (myst-nb's ``glue``).
 
     The text quotes it as ``{glue:text}`name:.1f```, so every number in the prose is one that a
-    stored output computed. Outside the book's environment (Colab has no myst-nb) it only
-    returns ``value``."""
+    stored output computed. Outside the book's environment (Colab has no myst-nb) it does
+    nothing. It returns nothing, so a cell that ends with it prints nothing either."""
     try:
         from myst_nb import glue as myst_glue
     except ImportError:
-        return value
+        return
     # the book shows a glued value's repr: a plain str would appear in quotes
     myst_glue(name, _Text(value) if isinstance(value, str) else value, display=display)
-    return value
 
 
 class _Text(str):
@@ -138,14 +137,14 @@ def table(header, rows, floatfmt: str = ".2f", caption: str | None = None):
 
 def markdown_table(header, rows, floatfmt: str = ".2f", caption: str | None = None) -> str:
     """The Markdown text of :func:`table`."""
-    def cell(value):
-        return format(value, floatfmt) if isinstance(value, float) else str(value)
+    def cell(value):  # a '|' inside a cell (a norm, ||g||) would end the cell: escape it
+        return (format(value, floatfmt) if isinstance(value, float) else str(value)).replace("|", "\\|")
 
     widths = len(header)
     for row in rows:
         if len(row) != widths:
             raise ValueError(f"a row has {len(row)} cells, the header {widths}: {row!r}")
-    lines = ["| " + " | ".join(map(str, header)) + " |",
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(widths)) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return ("**" + caption + "**\n\n" if caption else "") + "\n".join(lines)

@@ -129,7 +129,7 @@ def _imaml() -> list[Recipe]:
             for name, hp in _IMAML.items()]
 
 
-# BMAML on sinusoids (Kim et al., 2018, sec. 3 and 5, and the authors' code, github.com/jsikyoon/bmaml):
+# BMAML on sinusoids (Yoon et al., 2018, sec. 3 and 5, and the authors' code, github.com/jsikyoon/bmaml):
 # M = 10 particles, n = s = 1 SVGD steps of size 1e-3 for follower and leader, the median-heuristic RBF
 # kernel, Adam 1e-3 (their decay of it left out). The authors learn the noise precision under a Gamma prior
 # (and a weight precision): a fixed sigma^2 = 0.05 and no weight prior are ours (sigma^2 = 0.01 diverged in 10
@@ -144,9 +144,9 @@ def _bmaml() -> list[Recipe]:
 
     return [
         Recipe("bmaml", "sinusoid", None, BMAML, _BMAML_SINUSOID,
-               "Kim et al. 2018, sec. 5 and the authors' code (sigma^2 ours)", **_SIN),
+               "Yoon et al. 2018, sec. 5 and the authors' code (sigma^2 ours)", **_SIN),
         Recipe("emaml", "sinusoid", None, EMAML, {**_MAML_SINUSOID, "num_particles": 10},
-               "Kim et al. 2018, sec. 5 (M = 10, the authors' code); inner loop ours: MAML's", **_SIN),
+               "Yoon et al. 2018, sec. 5 (M = 10, the authors' code); inner loop ours: MAML's", **_SIN),
     ]
 
 

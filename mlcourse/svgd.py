@@ -2,7 +2,7 @@
 
 M particles x_1..x_M (the rows of an (M, D) tensor) approximate a density p. Each step moves
 every particle along the direction that decreases KL(q || p) fastest in the unit ball of the
-kernel's Hilbert space (Liu and Wang, 2016, Algorithm 1; Kim et al., 2018, sec. 2):
+kernel's Hilbert space (Liu and Wang, 2016, Algorithm 1; Yoon et al., 2018, sec. 2):
 
     x_m <- x_m + eps * phi*(x_m),
     phi*(x_m) = (1/M) sum_j [ k(x_j, x_m) grad log p(x_j)  +  grad_{x_j} k(x_j, x_m) ]

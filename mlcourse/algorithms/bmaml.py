@@ -1,4 +1,4 @@
-"""Bayesian MAML (Kim et al., 2018) and its baseline EMAML, an ensemble of M independent MAMLs.
+"""Bayesian MAML (Yoon et al., 2018) and its baseline EMAML, an ensemble of M independent MAMLs.
 
 Both meta-learn M particles Theta_0 = {theta^1..theta^M}: M independent initialisations of the
 model, stored in the model itself, each particle parameter with a leading dimension M. A task is
@@ -25,7 +25,7 @@ from .base import MetaLearner
 
 
 class EMAML(MetaLearner):
-    """Ensemble MAML: M MAMLs side by side, with no interaction (Kim et al., 2018, sec. 5, the baseline).
+    """Ensemble MAML: M MAMLs side by side, with no interaction (Yoon et al., 2018, sec. 5, the baseline).
 
     Inner loop, per particle:   phi_i^m = U^k(theta^m), k gradient steps of size alpha on L_i^tr
     Meta-objective:             min_Theta  mean_i (1/M) sum_m L_i^test(phi_i^m)
@@ -117,7 +117,7 @@ class EMAML(MetaLearner):
 
 
 class BMAML(EMAML):
-    """Bayesian MAML: particles adapted by SVGD, meta-trained by the chaser loss (Kim et al., 2018, sec. 3).
+    """Bayesian MAML: particles adapted by SVGD, meta-trained by the chaser loss (Yoon et al., 2018, sec. 3).
 
     Inner loop (Bayesian fast adaptation): Theta_n = SVGD^n(Theta_0; D), n steps of
         theta^m <- theta^m + eps * phi*(theta^m),  phi* from :func:`mlcourse.svgd.svgd_direction`

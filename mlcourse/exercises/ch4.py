@@ -181,7 +181,8 @@ def check_laplace_log_evidence(g):
 
     Write `laplace_log_evidence(log_joint_at_mode, hessian)`: Laplace's approximation of
     $\log \int \exp f(\phi)\, d\phi$ from the value $f(\phi^*)$ at the mode and the Hessian
-    $H = -\nabla^2 f(\phi^*)$, the term LLAMA adds to MAML's objective. Return a number.
+    $H = -\nabla^2 f(\phi^*)$. (LLAMA keeps only its $\log\det$ part, weighted by $\eta$, as
+    the term it adds to MAML's objective.) Return a number.
     """
     for d in (3, 1, 6, 2):
         H = random_spd(d, 0.05, 40.0, g) if d > 1 else torch.tensor([[7.5]], dtype=torch.float64)

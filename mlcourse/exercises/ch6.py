@@ -144,7 +144,7 @@ def check_svgd_step(g):
 # 6.3 The meta-gradient of the chaser loss
 
 def chaser_gradient_solution(theta, score_train, score_all, eps, n, s, h):
-    """The gradient in Theta_0 of BMAML's chaser loss (Kim et al. 2018).
+    """The gradient in Theta_0 of BMAML's chaser loss (Yoon et al. 2018).
 
     The follower Theta_n takes n SVGD steps from ``theta`` (M, D) with ``score_train``;
     the leader takes s more SVGD steps from Theta_n with ``score_all`` (the posterior
