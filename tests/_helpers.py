@@ -31,3 +31,34 @@ def fake_archive(path: Path, top: str, chars: dict, seed: int = 0):
                 buf = io.BytesIO()
                 Image.fromarray(bits).convert("1").save(buf, format="PNG")
                 zf.writestr(f"{top}/{c}/{j:04d}_{j + 1:02d}.png", buf.getvalue())
+
+
+def sinusoid_batch(tasks=3, shots=5, queries=7, seed=0):
+    """A float64 meta-batch of sinusoid tasks."""
+    from mlcourse.tasks import Sinusoid, TaskBatch
+
+    batch = Sinusoid(shots, queries).sample(tasks, generator=torch.Generator().manual_seed(seed))
+    return TaskBatch(*(t.double() for t in batch))
+
+
+def small_mlp(seed=0):
+    """A 1-8-8-1 float64 MLP, seeded."""
+    from mlcourse.nn import MLP
+
+    torch.manual_seed(seed)
+    return MLP([1, 8, 8, 1]).double()
+
+
+def small_convnet(seed=0):
+    """A 3-way conv net with 2 blocks of 4 channels, float64, seeded."""
+    from mlcourse.nn import ConvNet
+
+    torch.manual_seed(seed)
+    return ConvNet(ways=3, hidden=4, blocks=2).double()
+
+
+def image_task(ways=3, shots=2, size=12, seed=0):
+    """Random float64 images and their labels 0..ways-1, shots each."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(ways * shots, 1, size, size, generator=g, dtype=torch.float64)
+    return x, torch.arange(ways).repeat_interleave(shots)

@@ -15,17 +15,7 @@ from mlcourse.nn import MLP, ConvNet
 from mlcourse.svgd import median_bandwidth, rbf_kernel, svgd_direction
 from mlcourse.tasks import Sinusoid, TaskBatch
 from mlcourse.train import evaluate, meta_train
-from _helpers import flat_params, set_flat
-
-
-def sinusoid_batch(tasks=3, shots=5, queries=7, seed=0):
-    batch = Sinusoid(shots, queries).sample(tasks, generator=torch.Generator().manual_seed(seed))
-    return TaskBatch(*(t.double() for t in batch))
-
-
-def small_mlp(seed=0):
-    torch.manual_seed(seed)
-    return MLP([1, 8, 8, 1]).double()
+from _helpers import sinusoid_batch, small_mlp, flat_params, set_flat
 
 
 def random_particles(m=6, d=4, seed=0):

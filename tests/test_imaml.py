@@ -14,32 +14,12 @@ from mlcourse.implicit import (CGNotConvergedWarning, conjugate_gradient, explic
 from mlcourse.nn import MLP, ConvNet
 from mlcourse.tasks import Sinusoid, TaskBatch
 from mlcourse.train import evaluate, meta_train
+from _helpers import image_task, sinusoid_batch, small_convnet, small_mlp  # noqa: E402
 
 
 def squared_error(out, y):
     """F.mse_loss from primitive ops (forward-over-reverse fails on F.mse_loss: PyTorch issue 123996)."""
     return ((out - y) ** 2).mean()
-
-
-def sinusoid_batch(tasks=3, shots=5, queries=7, seed=0):
-    batch = Sinusoid(shots, queries).sample(tasks, generator=torch.Generator().manual_seed(seed))
-    return TaskBatch(*(t.double() for t in batch))
-
-
-def small_mlp(seed=0):
-    torch.manual_seed(seed)
-    return MLP([1, 8, 8, 1]).double()
-
-
-def small_convnet(seed=0):
-    torch.manual_seed(seed)
-    return ConvNet(ways=3, hidden=4, blocks=2).double()
-
-
-def image_task(ways=3, shots=2, size=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(ways * shots, 1, size, size, generator=g, dtype=torch.float64)
-    return x, torch.arange(ways).repeat_interleave(shots)
 
 
 def as_dict(flat, like):

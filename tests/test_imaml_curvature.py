@@ -12,6 +12,7 @@ from mlcourse.implicit import explicit_hessian, gauss_newton_operator
 from mlcourse.nn import MLP, ConvNet
 from mlcourse.tasks import Sinusoid, TaskBatch
 from mlcourse.train import evaluate, meta_train
+from _helpers import image_task, small_convnet  # noqa: E402
 
 
 def dense_gauss_newton(model, params, x, loss_of_output):
@@ -21,17 +22,6 @@ def dense_gauss_newton(model, params, x, loss_of_output):
     jac = jacobian(lambda f: forward(model, unflatten(f, params), x).flatten(), flat)
     h_out = hessian(lambda o: loss_of_output(o.view(out.shape)), out.flatten())
     return jac.T @ h_out @ jac
-
-
-def small_convnet(seed=0):
-    torch.manual_seed(seed)
-    return ConvNet(ways=3, hidden=4, blocks=2).double()
-
-
-def image_task(ways=3, shots=2, size=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(ways * shots, 1, size, size, generator=g, dtype=torch.float64)
-    return x, torch.arange(ways).repeat_interleave(shots)
 
 
 @pytest.mark.parametrize("kind", ["convnet_cross_entropy", "mlp_squared_error"])
