@@ -7,13 +7,12 @@ import math
 from pathlib import Path
 
 import nbformat
-import pytest
 import torch
 import torch.nn.functional as F
 
 from mlcourse.algorithms.bmaml import chaser_loss
 from mlcourse.exercises import ALL, ch6, exercises_for
-from mlcourse.exercises.cells import NOTEBOOKS, chapter_cells, solution_source, stub_source
+from mlcourse.exercises.cells import NOTEBOOKS, chapter_cells, solution_source
 from mlcourse.exercises.checking import random_spd
 from mlcourse.svgd import rbf_kernel, svgd_direction
 

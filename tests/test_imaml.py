@@ -11,8 +11,7 @@ from mlcourse.algorithms.imaml import IMAML
 from mlcourse.functional import flatten, params_of, unflatten
 from mlcourse.implicit import (CGNotConvergedWarning, conjugate_gradient, explicit_hessian, hvp,
                                hvp_forward_over_reverse)
-from mlcourse.nn import MLP, ConvNet
-from mlcourse.tasks import Sinusoid, TaskBatch
+from mlcourse.tasks import TaskBatch
 from mlcourse.train import evaluate, meta_train
 from _helpers import image_task, sinusoid_batch, small_convnet, small_mlp  # noqa: E402
 

@@ -9,7 +9,7 @@ from torch.autograd.functional import hessian, jacobian
 from mlcourse.algorithms.imaml import IMAML
 from mlcourse.functional import flatten, forward, unflatten
 from mlcourse.implicit import explicit_hessian, gauss_newton_operator
-from mlcourse.nn import MLP, ConvNet
+from mlcourse.nn import MLP
 from mlcourse.tasks import Sinusoid, TaskBatch
 from mlcourse.train import evaluate, meta_train
 from _helpers import image_task, small_convnet  # noqa: E402
