@@ -109,15 +109,39 @@ def load(name: str, where: Path | None = None, device=None):
 
 
 def reevaluate(name: str, num_tasks: int | None = None, where: Path | None = None, device=None,
-               root=None, progress: bool = False) -> dict:
+               root=None, progress: bool = False, shots: int | None = None,
+               transductive: bool | None = None) -> dict:
     """Evaluate the run ``name`` again on its test tasks (``num_tasks``, default as recorded):
-    ``evaluate``'s result plus ``recorded`` (the JSON's mean and interval, in the JSON's units)."""
+    ``evaluate``'s result plus ``recorded`` (the JSON's mean and interval, in the JSON's units).
+
+    ``shots`` and ``transductive`` test the same parameters in another setting (e.g. Reptile,
+    trained on 10 shots, tested 5-shot or transductively); ``recorded`` then still holds the
+    JSON's own figure, which was measured in the recorded setting."""
     from .recipes import test_sampler
 
     algorithm, rec = load(name, where, device)
     s = rec["settings"]
     ways = s["ways"] if s["benchmark"] != "sinusoid" else None
-    sampler = test_sampler(s["benchmark"], ways, s["shots"], root=root, protocol=s.get("protocol", "maml"))
+    shots = s["shots"] if shots is None else shots
+    if transductive is not None:
+        algorithm.transductive = transductive
+    sampler = test_sampler(s["benchmark"], ways, shots, root=root, protocol=s.get("protocol", "maml"))
     result = evaluate(algorithm, sampler, num_tasks or rec["test_tasks"], device=device, progress=progress)
     result["recorded"] = {"mean": rec.get("mean"), "ci95": rec.get("ci95"), "metric": rec.get("metric")}
     return result
+
+
+def column(name: str, num_tasks: int | None = None, device=None, **setting) -> tuple[str, float | None]:
+    """A chapter's "reference run" cell: ``(text, accuracy in %)`` for the run ``name``
+    re-evaluated now on ``num_tasks`` test tasks (``setting``: ``shots``, ``transductive``, see
+    :func:`reevaluate`), e.g. ``"97.99 ± 0.22 (16,000 it. of B = 8)"``; or
+    ``("no reference run yet", None)`` where the folder holds no such run."""
+    try:
+        result = reevaluate(name, num_tasks=num_tasks, device=device, **setting)
+    except FileNotFoundError:
+        return "no reference run yet", None
+    made = record(name)
+    iterations = made.get("selected_iteration") or made["iterations"]
+    text = (f"{100 * result['mean']:.2f} ± {100 * result['ci95']:.2f} "
+            f"({iterations:,} it. of B = {made['meta_batch']})")
+    return text, 100 * result["mean"]
