@@ -234,7 +234,7 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
                                     "generator": generator.get_state(), "history": history,
                                     "iteration": iteration, "best": best})
 
-    named = dict(algorithm.model.named_parameters())
+    named = dict(algorithm.named_parameters())
     tic = time.perf_counter()
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=desc, disable=not progress or rank != 0)
     for it in bar:

@@ -190,3 +190,32 @@ def test_extreme_eigenvalues_match_a_dense_eigendecomposition():
     low, high = extreme_eigenvalues(hvp_operator(loss_of, params), params, iterations=2000)
     assert low == pytest.approx(eig.min().item(), rel=0.05, abs=1e-3)
     assert high == pytest.approx(eig.max().item(), rel=0.01)
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "gauss_newton"])
+def test_newton_damping_turns_the_newton_step_into_a_gradient_step(curvature):
+    """(C + (lam + eta) I) d = -grad G: for eta much larger than C's eigenvalues the step is
+    -grad G / (lam + eta), one gradient step of that size; for eta = 0 it is not."""
+    model = small_convnet()
+    x, y = image_task()
+    theta = {k: v.detach() for k, v in model.named_parameters()}
+    lam, eta = 0.5, 1e5
+
+    def one_newton_step(damping):
+        alg = IMAML(model, F.cross_entropy, lam=lam, inner_solver="newton_cg", inner_steps=1,
+                    newton_cg_steps=20, curvature=curvature, newton_damping=damping)
+        return flatten(alg.adapt(x, y, theta))
+
+    leaves = {k: v.clone().requires_grad_() for k, v in theta.items()}
+    grad = flatten(dict(zip(leaves, torch.autograd.grad(F.cross_entropy(forward(model, leaves, x), y),
+                                                        list(leaves.values())))))
+    gradient_step = flatten(theta) - grad / (lam + eta)
+    torch.testing.assert_close(one_newton_step(eta), gradient_step, rtol=1e-6, atol=1e-9)
+    undamped = one_newton_step(0.0) - flatten(theta)
+    assert undamped.norm() > 10 * (gradient_step - flatten(theta)).norm()
+
+
+def test_newton_damping_rejects_bad_values():
+    for bad in (-1.0, float("inf"), float("nan"), "1"):
+        with pytest.raises(ValueError, match="newton_damping"):
+            IMAML(MLP([1, 4, 1]), F.mse_loss, lam=1.0, inner_solver="newton_cg", newton_damping=bad)

@@ -5,6 +5,7 @@ from .bmaml import BMAML, EMAML
 from .imaml import IMAML
 from .llama import LLAMA
 from .maml import MAML
+from .platipus import PLATIPUS
 from .reptile import Reptile
 
-__all__ = ["MetaLearner", "MAML", "Reptile", "LLAMA", "IMAML", "BMAML", "EMAML", "Pretrained", "FromScratch"]
+__all__ = ["MetaLearner", "MAML", "Reptile", "LLAMA", "IMAML", "BMAML", "EMAML", "PLATIPUS", "Pretrained", "FromScratch"]

@@ -15,6 +15,8 @@ overrides what differs from MAML; every method of the contract has a default:
                                          (default none; Reptile's mini-batch indices)
 ``eval_inner_steps``                     test-time adaptation steps (default: ``inner_steps``)
 ``state_dict()`` / ``load_state_dict``   what a checkpoint saves (default: the model's)
+``named_parameters()``                   what the outer optimiser updates (default: the
+                                         model's parameters)
 =======================================  ====================================================
 """
 from __future__ import annotations
@@ -81,9 +83,14 @@ class MetaLearner:
         return self
 
     # -- parameters ----------------------------------------------------------------------------
+    def named_parameters(self):
+        """``(name, tensor)`` of everything the outer optimiser updates: the model's parameters,
+        plus whatever else an algorithm meta-learns (PLATIPUS: variances and step sizes)."""
+        return [(k, p) for k, p in self.model.named_parameters() if p.requires_grad]
+
     def parameters(self):
         """The meta-parameters the outer optimiser updates."""
-        return [p for p in self.model.parameters() if p.requires_grad]
+        return [p for _, p in self.named_parameters()]
 
     def meta_parameters(self) -> Params:
         return params_of(self.model)
@@ -150,7 +157,7 @@ class MetaLearner:
         """(meta-loss, {name: its gradient w.r.t. theta}); algorithms whose direction is not a loss's
         gradient (Reptile, iMAML) override this."""
         loss = self.meta_loss(batch)
-        named = [(k, p) for k, p in self.model.named_parameters() if p.requires_grad]
+        named = self.named_parameters()
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
         return loss.detach(), {k: g for (k, _), g in zip(named, grads) if g is not None}
 

@@ -61,6 +61,10 @@ class IMAML(MetaLearner):
             (G_i = J^T H_out J, positive semi-definite: I + G_i/lam is positive definite for every
             lam, where I + H_i/lam need not be; the Newton-CG solver then takes Gauss-Newton
             steps, (G_i + lam I) d = -grad G_i).
+        newton_damping: eta >= 0, Levenberg-Marquardt damping of the Newton-CG solver's system only,
+            (C + (lam + eta) I) d = -grad G (Martens, 2010): eta = 0 is the plain (Gauss-)Newton step;
+            a larger eta shortens the step along low-curvature directions, towards a gradient step
+            of size 1/(lam + eta). It changes how the inner problem is solved, not the problem.
         cg_lam: the lambda of the meta-gradient's CG system, (I + C/cg_lam) g = v (default: lam).
             A larger value damps the system towards g = v, the first-order answer; the authors'
             code solves (2 I + H/(lam + 10)) g = v, i.e. cg_lam = 2 (lam + 10) up to a factor 1/2.
@@ -74,7 +78,7 @@ class IMAML(MetaLearner):
                  inner_steps: int = 16, cg_steps: int = 5, inner_lr: float | None = None, cg_tol: float = 1e-2,
                  newton_cg_steps: int = 5, max_backtracks: int = 10, hvp_method: str = DEFAULT_HVP,
                  eval_inner_steps: int | None = None, vectorise="auto", transductive: bool = True,
-                 curvature: str = "hessian", cg_lam: float | None = None):
+                 curvature: str = "hessian", cg_lam: float | None = None, newton_damping: float = 0.0):
         if vectorise is True:
             raise ValueError("vectorise=True is not possible for iMAML: CG and the line search branch on values, "
                              "which vmap cannot batch; allowed 'auto' or False (both take the per-task loop)")
@@ -102,6 +106,9 @@ class IMAML(MetaLearner):
             raise ValueError(f"curvature={curvature!r} is unknown: allowed {', '.join(map(repr, CURVATURES))}")
         self.curvature = curvature
         self.cg_lam = self.lam if cg_lam is None else check_positive("cg_lam", cg_lam)
+        if not (isinstance(newton_damping, (int, float)) and 0 <= newton_damping < float("inf")):
+            raise ValueError(f"newton_damping={newton_damping!r} is out of range: allowed a finite number >= 0")
+        self.newton_damping = float(newton_damping)
         self.last_cg: dict = {}
 
     # -- the inner problem ----------------------------------------------------------------------
@@ -124,10 +131,15 @@ class IMAML(MetaLearner):
             if self.inner_solver == "gd":
                 return inner_loop(loss_of, phi, self.inner_lr, steps, first_order=True, vectorised=False)
             curvature = None
-            if self.curvature == "gauss_newton":  # Gauss-Newton steps: (G + lam I) d = -grad G
+            shift = self.lam + self.newton_damping
+            if self.curvature == "gauss_newton":  # Gauss-Newton steps: (G + (lam + eta) I) d = -grad G
                 def curvature(point):
                     gn = self.curvature_operator(point, support_x, support_y)
-                    return lambda u: axpy(self.lam, u, gn(u))
+                    return lambda u: axpy(shift, u, gn(u))
+            elif self.newton_damping > 0:  # damped Newton steps: (H + (lam + eta) I) d = -grad G
+                def curvature(point):
+                    h = self.curvature_operator(point, support_x, support_y)
+                    return lambda u: axpy(shift, u, h(u))
             for _ in range(steps):
                 phi = newton_cg_step(loss_of, phi, self.newton_cg_steps, self.max_backtracks, self.hvp_method,
                                      curvature)

@@ -1,8 +1,10 @@
 """Task samplers: each has ``sample(meta_batch, generator=None) -> TaskBatch``."""
+from .ambiguous import SinusoidOrLine
 from .base import SharedTail, TaskBatch
 from .linear import LinearRegression
 from .miniimagenet import MiniImageNet
 from .omniglot import DataError, Omniglot, OmniglotRuns
 from .sinusoid import Sinusoid
 
-__all__ = ["TaskBatch", "SharedTail", "Sinusoid", "Omniglot", "OmniglotRuns", "MiniImageNet", "DataError", "LinearRegression"]
+__all__ = ["TaskBatch", "SharedTail", "Sinusoid", "Omniglot", "OmniglotRuns", "MiniImageNet", "DataError", "LinearRegression",
+           "SinusoidOrLine"]
