@@ -201,13 +201,17 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, max_iters:
 # Newton's method without a Hessian
 
 def newton_cg_step(loss_of: Callable[[Params], torch.Tensor], phi: Params, cg_steps: int = 5,
-                   max_backtracks: int = 10, hvp_method: str = DEFAULT_HVP, curvature=None) -> Params:
+                   max_backtracks: int = 10, hvp_method: str = DEFAULT_HVP, curvature=None,
+                   max_expansions: int = 0) -> Params:
     """One Hessian-free (truncated) Newton step on ``loss_of`` with a backtracking (Armijo) line search.
 
     The direction d solves C d = -grad loss by ``cg_steps`` of CG, where C is the Hessian of the
     loss or, if given, ``curvature(phi)`` (a function returning u -> C u, e.g. a Gauss-Newton
     matrix plus the proximal term's lambda I: a Gauss-Newton step); the step halves up to
-    ``max_backtracks`` times until the Armijo condition holds (else phi is returned unchanged)."""
+    ``max_backtracks`` times until the Armijo condition holds (else phi is returned unchanged).
+    With ``max_expansions`` > 0 a full step that holds is then doubled, up to that many times, while
+    the loss keeps falling and the Armijo condition keeps holding: the quadratic model of a
+    cross-entropy overestimates its curvature along the step as the fit saturates the softmax."""
     value, grad, hess = gradient_and_hvp(loss_of, phi)
     if curvature is not None:
         hess = curvature(phi)
@@ -227,10 +231,20 @@ def newton_cg_step(loss_of: Callable[[Params], torch.Tensor], phi: Params, cg_st
     step = 1.0
     for _ in range(max_backtracks + 1):
         trial = axpy(step, direction, phi)
-        if loss_of(trial) <= value + 1e-4 * step * slope:
-            return trial
+        trial_value = loss_of(trial)
+        if trial_value <= value + 1e-4 * step * slope:
+            break
         step *= 0.5
-    return phi  # no decrease found: keep phi (the line search never makes G worse)
+    else:
+        return phi  # no decrease found: keep phi (the line search never makes G worse)
+    if step == 1.0:
+        for _ in range(max_expansions):
+            longer = axpy(2 * step, direction, phi)
+            longer_value = loss_of(longer)
+            if not (longer_value < trial_value and longer_value <= value + 2e-4 * step * slope):
+                break
+            trial, trial_value, step = longer, longer_value, 2 * step
+    return trial
 
 
 def extreme_eigenvalues(matvec: Callable[[Params], Params], like: Params, iterations: int = 50,

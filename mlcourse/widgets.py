@@ -423,3 +423,77 @@ def lambda_cg_playground(model, batch, lam: float = 2.0, cg_steps: int = 5):
         lam=w.FloatLogSlider(value=lam, base=10, min=-2, max=2, step=0.1, description="lambda"),
         cg_steps=w.IntSlider(value=cg_steps, min=1, max=40, description="CG steps"),
     )
+
+
+# -- chapter 7: PLATIPUS's hypotheses from a few points ------------------------------------------
+
+def draw_platipus_samples(platipus, maml=None, points: int = 3, x_range=(-1.0, 1.0), kind: str = "line",
+                          samples: int = 10, seed: int = 0):
+    """PLATIPUS's sampled functions (and, if given, MAML's single answer) on one sinusoid-or-line
+    task seen through ``points`` noisy points in ``x_range``; each sample is coloured by the family
+    that fits it best (:meth:`SinusoidOrLine.closest_kind`). Returns the figure."""
+    from .algorithms import PLATIPUS
+    from .tasks import SinusoidOrLine, TaskBatch
+    from .tasks.ambiguous import LINE, SINUSOID
+    from .utils import check_int
+
+    if not isinstance(platipus, PLATIPUS):
+        raise TypeError(f"platipus must be a trained mlcourse PLATIPUS, got {type(platipus).__name__}")
+    if kind not in ("line", "sinusoid"):
+        raise ValueError(f"kind={kind!r} is unknown: allowed 'line', 'sinusoid'")
+    check_int("points", points, 1)
+    check_int("samples", samples, 1)
+    sampler = SinusoidOrLine(points, 1, support_range=tuple(x_range))
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(200):  # draw tasks until one of the wanted family comes up
+        batch, params = sampler.sample(1, g, return_params=True)
+        if params["kind"][0].item() == (LINE if kind == "line" else SINUSOID):
+            break
+    xs = torch.linspace(-5, 5, 101).view(1, -1, 1)
+    device = next(platipus.model.parameters()).device
+    task = TaskBatch(batch.support_x, batch.support_y, xs, SinusoidOrLine.function(xs, params)).to(device)
+    curves = platipus.sample_predictions(task, samples).cpu()[:, 0]          # (samples, 101, 1)
+    kinds = SinusoidOrLine.closest_kind(xs.expand(samples, -1, -1), curves)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    for curve, k in zip(curves, kinds):
+        ax.plot(xs[0, :, 0], curve[:, 0], color="C0" if k == SINUSOID else "C2", lw=0.9, alpha=0.8)
+    if maml is not None:
+        with torch.no_grad():
+            answer = maml.predict(task).cpu()[0]
+        ax.plot(xs[0, :, 0], answer[:, 0], color="C1", lw=2, label="MAML's one answer")
+    ax.plot(xs[0, :, 0], task.query_y.cpu()[0, :, 0], "k--", lw=1.2, label=f"the true {kind}")
+    ax.scatter(batch.support_x[0, :, 0], batch.support_y[0, :, 0], color="C3", zorder=3,
+               label=f"{points} noisy points")
+    ax.axvspan(*x_range, color="0.92", zorder=0)
+    ax.plot([], [], color="C0", label="samples closest to a sinusoid")
+    ax.plot([], [], color="C2", label="samples closest to a line")
+    lines = int(kinds.sum())
+    ax.set_title(f"PLATIPUS: {samples} samples, {lines} line-like and {samples - lines} sinusoid-like",
+                 fontsize=10)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_ylim(-8, 8)
+    ax.legend(fontsize=9, loc="upper left", ncol=2)
+    legible(fig)
+    fig.tight_layout()
+    return fig
+
+
+def platipus_playground(platipus, maml=None, points: int = 3, x_range=(-1.0, 1.0), kind: str = "line",
+                        samples: int = 10, seed: int = 0):
+    """Sliders for the number and position of the points, the task's family, the number of samples
+    and the task of :func:`draw_platipus_samples`."""
+    import ipywidgets as w
+
+    def show(points, x_range, kind, samples, seed):
+        draw_platipus_samples(platipus, maml, points, x_range, kind, samples, seed)
+        plt.show()
+
+    return w.interactive(
+        show,
+        points=w.IntSlider(value=points, min=1, max=20, description="points"),
+        x_range=w.FloatRangeSlider(value=tuple(x_range), min=-5.0, max=5.0, step=0.25, description="x range"),
+        kind=w.Dropdown(options=["line", "sinusoid"], value=kind, description="true family"),
+        samples=w.IntSlider(value=samples, min=1, max=30, description="samples"),
+        seed=w.IntSlider(value=seed, min=0, max=50, description="task seed"),
+    )

@@ -132,8 +132,10 @@ PLANTED = {
 
 
 from test_chapter6 import PLANTED as _CHAPTER6_PLANTED  # noqa: E402
+from test_chapter7 import PLANTED as _CHAPTER7_PLANTED  # noqa: E402
 
 PLANTED.update(_CHAPTER6_PLANTED)
+PLANTED.update(_CHAPTER7_PLANTED)
 
 
 def test_registry_is_complete():

@@ -219,3 +219,16 @@ def test_newton_damping_rejects_bad_values():
     for bad in (-1.0, float("inf"), float("nan"), "1"):
         with pytest.raises(ValueError, match="newton_damping"):
             IMAML(MLP([1, 4, 1]), F.mse_loss, lam=1.0, inner_solver="newton_cg", newton_damping=bad)
+
+
+def test_newton_line_search_expands_only_while_the_loss_keeps_falling():
+    """On softplus(-x) (a one-parameter cross-entropy) the Newton step from 0 is 2 and the loss keeps
+    falling beyond it: three doublings give 16. On a quadratic the Newton step is exact and stays."""
+    from mlcourse.implicit import newton_cg_step
+
+    start = {"x": torch.zeros(1, dtype=torch.float64)}
+    softplus = lambda p: F.softplus(-p["x"]).sum()  # noqa: E731
+    assert newton_cg_step(softplus, start, cg_steps=1)["x"].item() == pytest.approx(2.0)
+    assert newton_cg_step(softplus, start, cg_steps=1, max_expansions=3)["x"].item() == pytest.approx(16.0)
+    quadratic = lambda p: ((p["x"] - 3.0) ** 2).sum()  # noqa: E731
+    assert newton_cg_step(quadratic, start, cg_steps=1, max_expansions=3)["x"].item() == pytest.approx(3.0)

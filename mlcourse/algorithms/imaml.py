@@ -65,6 +65,9 @@ class IMAML(MetaLearner):
             (C + (lam + eta) I) d = -grad G (Martens, 2010): eta = 0 is the plain (Gauss-)Newton step;
             a larger eta shortens the step along low-curvature directions, towards a gradient step
             of size 1/(lam + eta). It changes how the inner problem is solved, not the problem.
+        newton_expansions: how many times the Newton-CG line search may double a full step while G
+            keeps falling (default 0: steps of length at most 1; see
+            :func:`mlcourse.implicit.newton_cg_step`).
         cg_lam: the lambda of the meta-gradient's CG system, (I + C/cg_lam) g = v (default: lam).
             A larger value damps the system towards g = v, the first-order answer; the authors'
             code solves (2 I + H/(lam + 10)) g = v, i.e. cg_lam = 2 (lam + 10) up to a factor 1/2.
@@ -78,7 +81,8 @@ class IMAML(MetaLearner):
                  inner_steps: int = 16, cg_steps: int = 5, inner_lr: float | None = None, cg_tol: float = 1e-2,
                  newton_cg_steps: int = 5, max_backtracks: int = 10, hvp_method: str = DEFAULT_HVP,
                  eval_inner_steps: int | None = None, vectorise="auto", transductive: bool = True,
-                 curvature: str = "hessian", cg_lam: float | None = None, newton_damping: float = 0.0):
+                 curvature: str = "hessian", cg_lam: float | None = None, newton_damping: float = 0.0,
+                 newton_expansions: int = 0):
         if vectorise is True:
             raise ValueError("vectorise=True is not possible for iMAML: CG and the line search branch on values, "
                              "which vmap cannot batch; allowed 'auto' or False (both take the per-task loop)")
@@ -109,6 +113,7 @@ class IMAML(MetaLearner):
         if not (isinstance(newton_damping, (int, float)) and 0 <= newton_damping < float("inf")):
             raise ValueError(f"newton_damping={newton_damping!r} is out of range: allowed a finite number >= 0")
         self.newton_damping = float(newton_damping)
+        self.newton_expansions = check_int("newton_expansions", newton_expansions, 0)
         self.last_cg: dict = {}
 
     # -- the inner problem ----------------------------------------------------------------------
@@ -142,7 +147,7 @@ class IMAML(MetaLearner):
                     return lambda u: axpy(shift, u, h(u))
             for _ in range(steps):
                 phi = newton_cg_step(loss_of, phi, self.newton_cg_steps, self.max_backtracks, self.hvp_method,
-                                     curvature)
+                                     curvature, self.newton_expansions)
         return phi
 
     # -- the meta-gradient ----------------------------------------------------------------------

@@ -137,7 +137,7 @@ class PLATIPUS(MetaLearner):
         """The mean of q(theta | D^tr, D^test) = N(mu - gamma_q grad L(mu, D^test), v_q)."""
         return self._gradient_step(mu, self.log_gamma_q.exp(), query_x, query_y)
 
-    def _draw(self, mean: Params, log_var: Params, noise: torch.Tensor) -> Params:
+    def draw(self, mean: Params, log_var: Params, noise: torch.Tensor) -> Params:
         """mean + sqrt(var) * eps, the noise given flat (reparameterisation: differentiable)."""
         eps = unflatten(noise, mean)
         return {k: mean[k] + (0.5 * log_var[k]).exp() * eps[k] for k in mean}
@@ -152,7 +152,7 @@ class PLATIPUS(MetaLearner):
         """L^test(U^k(theta)) + kl_weight * KL(q || p) for one task, theta ~ q by ``noise``."""
         mean_q = self.posterior_mean(mu, qx, qy)
         mean_p = self.prior_mean(mu, sx, sy)
-        theta = self._draw(mean_q, self.log_posterior_var, noise)
+        theta = self.draw(mean_q, self.log_posterior_var, noise)
         phi = inner_loop(lambda p: self.support_loss(p, sx, sy), theta, self.inner_lr, self.inner_steps,
                          self.first_order, self.vectorised)
         query_loss = self.loss_fn(forward(self.model, phi, qx), qy)
@@ -171,7 +171,7 @@ class PLATIPUS(MetaLearner):
         """theta ~ p(theta | D^tr) (the noise is ``extra[0]``; without it, the prior's mean),
         then ``steps`` gradient steps on the support set."""
         mean_p = self.prior_mean(params, support_x, support_y)
-        theta = self._draw(mean_p, self.log_prior_var, extra[0]) if extra else mean_p
+        theta = self.draw(mean_p, self.log_prior_var, extra[0]) if extra else mean_p
         return inner_loop(lambda p: self.support_loss(p, support_x, support_y), theta, self.inner_lr, steps,
                           self.first_order, self.vectorised)
 

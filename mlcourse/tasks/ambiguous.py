@@ -53,6 +53,23 @@ class SinusoidOrLine:
         line = view(params["slope"].nan_to_num()) * x + view(params["intercept"].nan_to_num())
         return torch.where(view(params["kind"]) == SINUSOID, sine, line)
 
+    @staticmethod
+    def closest_kind(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Which family fits each curve better, by least squares: 0 a sinusoid, 1 a line.
+
+        x and y are (curves, n, 1) or (curves, n). Both families are linear in their coefficients:
+        a line is a x + c, and A sin(x - b) = (A cos b) sin x - (A sin b) cos x; each is fitted by
+        ``torch.linalg.lstsq`` and the smaller residual wins. (A sinusoid's family has no
+        intercept, a line's no curvature, so neither contains the other.)"""
+        x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
+        ones = torch.ones_like(x)
+        residuals = []
+        for basis in ((torch.sin(x), torch.cos(x)), (x, ones)):
+            design = torch.stack(basis, dim=-1)                        # (curves, n, 2)
+            coef = torch.linalg.lstsq(design, y.unsqueeze(-1)).solution
+            residuals.append(((design @ coef).squeeze(-1) - y).pow(2).mean(-1))
+        return (residuals[1] < residuals[0]).long()
+
     def sample(self, meta_batch: int, generator: torch.Generator | None = None, return_params: bool = False):
         check_int("meta_batch", meta_batch, 1)
 

@@ -1,0 +1,107 @@
+"""Chapter 7's graded exercises and package pieces: the checks pass their solutions and explain
+planted mistakes (run by tests/test_exercises.py with PLANTED below); the references agree with
+the package (PLATIPUS's KL and sampling, SinusoidOrLine.closest_kind); the stored notebook cells
+match the registry and the chapter notebook embeds them; the playground's static twin draws."""
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlcourse.algorithms import MAML, PLATIPUS
+from mlcourse.algorithms.platipus import gaussian_kl
+from mlcourse.exercises import ALL, ch7, exercises_for
+from mlcourse.exercises.cells import NOTEBOOKS, chapter_cells, solution_source
+from mlcourse.nn import MLP
+from mlcourse.tasks import SinusoidOrLine
+
+matplotlib.use("Agg")
+ROOT = Path(__file__).resolve().parents[1]
+SETUP = {"math": math, "torch": torch, "F": F}
+CELLS = ROOT / "notebooks" / "_exercise_cells"
+CHAPTER = 7
+
+
+def _kl_reversed(mq, lq, mp, lp):
+    return ch7.kl_diagonal_solution(mp, lp, mq, lq)
+
+
+def _first_order_sample(mu, loss, gamma, log_var, eps, w):
+    mu = mu.detach().requires_grad_()
+    grad = torch.autograd.grad(loss(mu), mu)[0]             # detached: the planted mistake
+    theta = mu - gamma * grad + (0.5 * log_var).exp() * eps
+    return theta.detach(), torch.autograd.grad((w * theta).sum(), mu)[0]
+
+
+# id -> [(a wrong answer, a phrase its diagnosis must contain)]
+PLANTED = {
+    "7.1": [(_kl_reversed, "KL(p || q)"),
+            (lambda *a: 2 * ch7.kl_diagonal_solution(*a), "factor 1/2")],
+    "7.2": [(_first_order_sample, "first order")],
+    "7.3": [(lambda x, y: 1 - ch7.closest_family_solution(x, y), "other way round")],
+}
+
+
+def test_registry_has_chapter_7():
+    exercises = exercises_for(CHAPTER)
+    assert set(PLANTED) == {ex.id for ex in exercises}
+    assert NOTEBOOKS[CHAPTER] == "07_platipus.ipynb"
+    for ex in exercises:
+        assert ALL[ex.id] is ex and ex.check.__name__ == f"check_{ex.function_name}"
+        assert getattr(ch7, ex.check.__name__) is ex.check
+
+
+def test_exercise_solutions_agree_with_the_package():
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(6, generator=g, dtype=torch.float64) for _ in range(4)]
+    torch.testing.assert_close(ch7.kl_diagonal_solution(*parts),
+                               gaussian_kl(*({"w": p} for p in parts)))
+    batch, params = SinusoidOrLine(5, 30, noise_std=0.05).sample(20, g, return_params=True)
+    package = SinusoidOrLine.closest_kind(batch.query_x.double(), batch.query_y.double())
+    ours = torch.tensor([ch7.closest_family_solution(x[:, 0].double(), y[:, 0].double())
+                         for x, y in zip(batch.query_x, batch.query_y)])
+    assert torch.equal(package, ours)
+
+
+def test_stored_cells_match_the_registry():
+    stored = json.loads((CELLS / f"ch{CHAPTER}.json").read_text())
+    assert stored == chapter_cells(CHAPTER), "regenerate: python -m mlcourse.exercises.cells"
+    by_id = {c["id"]: c for c in stored}
+    for cell in stored:
+        for line in "".join(cell["source"]).splitlines():
+            assert len(line) <= 88, (cell["id"], line)
+    for ex in exercises_for(CHAPTER):
+        solution = by_id[f"{ex.label}-solution"]
+        assert "".join(solution["source"]) == solution_source(ex).rstrip("\n")
+        namespace = dict(SETUP)
+        exec("".join(solution["source"]), namespace)
+        assert ex.check(namespace[ex.function_name], verbose=False).passed
+
+
+def test_the_notebook_embeds_the_cells():
+    nb = nbformat.read(str(ROOT / "notebooks" / NOTEBOOKS[CHAPTER]), as_version=4)
+    cells = {c.get("id"): c for c in nb.cells}
+    for cell in chapter_cells(CHAPTER):
+        mine = cells[cell["id"]]
+        assert mine.cell_type == cell["cell_type"] and mine.source == "".join(cell["source"])
+        assert mine.metadata.get("tags", []) == cell["metadata"].get("tags", [])
+
+
+def test_platipus_playground_static_twin_draws_both_families_and_refuses_bad_input():
+    from mlcourse import widgets
+
+    torch.manual_seed(0)
+    platipus = PLATIPUS(MLP([1, 16, 1]), F.mse_loss, inner_lr=0.01, init_variance=1.0)
+    maml = MAML(MLP([1, 16, 1]), F.mse_loss, inner_lr=0.01)
+    for kind in ("line", "sinusoid"):
+        fig = widgets.draw_platipus_samples(platipus, maml, points=3, kind=kind, samples=6)
+        assert len(fig.axes[0].lines) >= 6 + 2   # the draws, MAML, the truth
+    with pytest.raises(ValueError, match="kind='circle' is unknown"):
+        widgets.draw_platipus_samples(platipus, kind="circle")
+    with pytest.raises(TypeError, match="trained mlcourse PLATIPUS"):
+        widgets.draw_platipus_samples(maml)
+    assert widgets.platipus_playground(platipus, maml) is not None
