@@ -157,8 +157,8 @@ def check_closest_family(g):
     Write `closest_family(x, y)`: return 0 if the points are better explained by a sinusoid
     $A \sin(x - b)$ and 1 if by a line $a x + c$. Both families are linear in their
     coefficients ($A\sin(x - b) = c_1 \sin x + c_2 \cos x$), so two least-squares fits
-    decide. Chapter 7 uses the same test to count how many of PLATIPUS's sampled functions
-    are lines.
+    decide. Section 7.2 uses the same test to count how many of PLATIPUS's sampled functions
+    are line-like.
     """
     for kind in (0, 1, 0, 1, 1, 0):
         x = -5 + 10 * torch.rand(30, generator=g, dtype=torch.float64)
