@@ -62,3 +62,26 @@ def image_task(ways=3, shots=2, size=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(ways * shots, 1, size, size, generator=g, dtype=torch.float64)
     return x, torch.arange(ways).repeat_interleave(shots)
+
+
+def check_stored_exercise_cells(chapter, setup):
+    """notebooks/_exercise_cells/chN.json equals the registry's cells, its lines fit 88 columns,
+    and every stored solution passes its own check (run in ``setup``'s namespace)."""
+    import json
+
+    from mlcourse.exercises import exercises_for
+    from mlcourse.exercises.cells import chapter_cells, solution_source
+
+    cells = Path(__file__).resolve().parents[1] / "notebooks" / "_exercise_cells"
+    stored = json.loads((cells / f"ch{chapter}.json").read_text())
+    assert stored == chapter_cells(chapter), "regenerate: python -m mlcourse.exercises.cells"
+    by_id = {c["id"]: c for c in stored}
+    for cell in stored:
+        for line in "".join(cell["source"]).splitlines():
+            assert len(line) <= 88, (cell["id"], line)
+    for ex in exercises_for(chapter):
+        solution = by_id[f"{ex.label}-solution"]
+        assert "".join(solution["source"]) == solution_source(ex).rstrip("\n")
+        namespace = dict(setup)
+        exec("".join(solution["source"]), namespace)
+        assert ex.check(namespace[ex.function_name], verbose=False).passed

@@ -2,7 +2,6 @@
 planted mistakes (run by tests/test_exercises.py with PLANTED below); the references agree with
 the package (PLATIPUS's KL and sampling, SinusoidOrLine.closest_kind); the stored notebook cells
 match the registry and the chapter notebook embeds them; the playground's static twin draws."""
-import json
 import math
 from pathlib import Path
 
@@ -15,11 +14,13 @@ import torch.nn.functional as F
 from mlcourse.algorithms import MAML, PLATIPUS
 from mlcourse.algorithms.platipus import gaussian_kl
 from mlcourse.exercises import ALL, ch7, exercises_for
-from mlcourse.exercises.cells import NOTEBOOKS, chapter_cells, solution_source
+from mlcourse.exercises.cells import NOTEBOOKS, chapter_cells
 from mlcourse.nn import MLP
 from mlcourse.tasks import SinusoidOrLine
 
 matplotlib.use("Agg")
+from _helpers import check_stored_exercise_cells  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = {"math": math, "torch": torch, "F": F}
 CELLS = ROOT / "notebooks" / "_exercise_cells"
@@ -68,18 +69,7 @@ def test_exercise_solutions_agree_with_the_package():
 
 
 def test_stored_cells_match_the_registry():
-    stored = json.loads((CELLS / f"ch{CHAPTER}.json").read_text())
-    assert stored == chapter_cells(CHAPTER), "regenerate: python -m mlcourse.exercises.cells"
-    by_id = {c["id"]: c for c in stored}
-    for cell in stored:
-        for line in "".join(cell["source"]).splitlines():
-            assert len(line) <= 88, (cell["id"], line)
-    for ex in exercises_for(CHAPTER):
-        solution = by_id[f"{ex.label}-solution"]
-        assert "".join(solution["source"]) == solution_source(ex).rstrip("\n")
-        namespace = dict(SETUP)
-        exec("".join(solution["source"]), namespace)
-        assert ex.check(namespace[ex.function_name], verbose=False).passed
+    check_stored_exercise_cells(CHAPTER, SETUP)
 
 
 def test_the_notebook_embeds_the_cells():

@@ -101,10 +101,6 @@ class PLATIPUS(MetaLearner):
     def named_parameters(self):
         return super().named_parameters() + self._extras()
 
-    def meta_parameters(self) -> Params:
-        """mu_theta: the model's parameters (the variances and step sizes are not adapted)."""
-        return super().meta_parameters()
-
     def to(self, device) -> "PLATIPUS":
         super().to(device)
         with torch.no_grad():
