@@ -48,12 +48,14 @@ def random_omniglot_batch(tasks: int, ways: int = 5, shots: int = 1, queries: in
 
 
 def meta_gradient_on(method: str, benchmark: str, batch: TaskBatch, device: str):
-    ways = None if benchmark == "sinusoid" else 5
+    ways = None if benchmark in recipes.REGRESSION else 5
     torch.manual_seed(0)  # the same initialisation on both devices
     algorithm = recipes.build_algorithm(method, benchmark, ways, seed=0)
     algorithm.model.double()
+    for p in algorithm.parameters():  # what an algorithm meta-learns besides the model, too
+        p.data = p.data.double()
     algorithm.to(device)
-    batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in batch)).to(device)
+    batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in batch), mode=batch.mode).to(device)
     loss, grads = algorithm.meta_gradient(batch)
     return loss.double().cpu(), {k: g.double().cpu() for k, g in grads.items()}
 
@@ -64,7 +66,12 @@ def check_devices(device: str, log) -> list[dict]:
     for (method, benchmark, ways), row in recipes.RECIPES.items():
         if ways not in (None, 5):
             continue
-        batch = sinusoid if benchmark == "sinusoid" else random_omniglot_batch(2, shots=row.train_shots or 1)
+        if benchmark == "sinusoid":
+            batch = sinusoid
+        elif benchmark in recipes.REGRESSION:  # multimodal-N: four tasks of its families
+            batch = recipes.test_sampler(benchmark, None, 5).sample(4, torch.Generator().manual_seed(0))
+        else:
+            batch = random_omniglot_batch(2, shots=row.train_shots or 1)
         _, cpu = meta_gradient_on(method, benchmark, batch, "cpu")
         _, other = meta_gradient_on(method, benchmark, batch, device)
         worst = max(((cpu[k] - other[k]).norm() / cpu[k].norm().clamp_min(1e-30)).item() for k in cpu)

@@ -47,7 +47,7 @@ def share(batch: TaskBatch, rank: int, size: int) -> TaskBatch:
         raise ValueError(f"meta_batch={n} is smaller than the number of processes ({size}): "
                          f"allowed meta_batch >= {size}")
     start, stop = rank * n // size, (rank + 1) * n // size
-    return TaskBatch(*(t[start:stop] for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)))
+    return batch.select(slice(start, stop))
 
 
 def average(loss: torch.Tensor, grads: dict, local_tasks: int, total_tasks: int):

@@ -4,18 +4,46 @@ The sinusoid MLP (1-40-40-1, ReLU) and the four-block conv net of the MAML paper
 normalises with :class:`BatchNorm`, written from primitive tensor ops, because second-order
 gradients through ``F.batch_norm`` under ``torch.func.vmap`` are inexact in current PyTorch
 (functorch issue 534) and running statistics cannot be updated in place under vmap.
+:class:`PerStepBatchNorm` is MAML++'s batch norm with one set of statistics and weights per
+inner-loop step; :func:`batch_norm_step` says which set a forward pass uses.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 
-class MLP(nn.Sequential):
-    """A ReLU multilayer perceptron, ``MLP([1, 40, 40, 1])`` for the sinusoid tasks."""
+class FiLM(nn.Module):
+    """Feature-wise linear modulation, h -> gamma * h + beta over the channel dimension (dim 1: the
+    features of a vector, the channels of an image). ``gamma`` and ``beta`` are non-persistent
+    buffers at 1 and 0, so the layer is the identity until a modulation replaces them:
+    ``functional_call`` takes buffers from the same dict as parameters, so running a model on
+    ``{**phi, "<layer>.gamma": ..., "<layer>.beta": ...}`` modulates it, vmap-safe and with nothing
+    written in place (MMAML, chapter 8; see :mod:`mlcourse.modulation`)."""
 
-    def __init__(self, sizes=(1, 40, 40, 1)):
+    def __init__(self, channels: int):
+        super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels={channels!r} is out of range: allowed an integer >= 1")
+        self.channels = channels
+        self.register_buffer("gamma", torch.ones(channels), persistent=False)
+        self.register_buffer("beta", torch.zeros(channels), persistent=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        shape = [-1] + [1] * (h.dim() - 2)
+        return h * self.gamma.view(shape) + self.beta.view(shape)
+
+
+class MLP(nn.Sequential):
+    """A ReLU multilayer perceptron, ``MLP([1, 40, 40, 1])`` for the sinusoid tasks.
+
+    ``film=True`` puts a :class:`FiLM` layer after each hidden linear layer, before its ReLU (the
+    MMAML regression network is ``MLP([1, 100, 100, 100, 1], film=True)``); unmodulated, it computes
+    what the plain MLP computes."""
+
+    def __init__(self, sizes=(1, 40, 40, 1), film: bool = False):
         sizes = list(sizes)
         if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
             raise ValueError(f"sizes={sizes} is invalid: need at least two positive layer widths")
@@ -23,7 +51,7 @@ class MLP(nn.Sequential):
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(fan_in, fan_out))
             if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
+                layers += [FiLM(fan_out), nn.ReLU()] if film else [nn.ReLU()]
         super().__init__(*layers)
 
 
@@ -56,11 +84,12 @@ class ConvNet(nn.Module):
     ``pool="stride"`` downsamples with stride-2 convolutions (the MAML paper's Omniglot net);
     ``pool="max"`` uses stride 1 and 2x2 max-pooling (its miniImageNet net, there with
     ``hidden=32``). The last feature map is averaged over space, so the head sees ``hidden``
-    features whatever the image size.
+    features whatever the image size. ``film=True`` puts a :class:`FiLM` layer after each batch
+    norm, before the ReLU (MMAML's modulated conv net).
     """
 
     def __init__(self, ways: int, in_channels: int = 1, hidden: int = 64, blocks: int = 4,
-                 pool: str = "stride", batch_norm: type[nn.Module] = BatchNorm):
+                 pool: str = "stride", batch_norm: type[nn.Module] = BatchNorm, film: bool = False):
         super().__init__()
         if pool not in ("stride", "max"):
             raise ValueError(f"pool={pool!r} is unknown: allowed 'stride' or 'max'")
@@ -68,7 +97,8 @@ class ConvNet(nn.Module):
         channels = in_channels
         for _ in range(blocks):
             stride = 2 if pool == "stride" else 1
-            layers += [nn.Conv2d(channels, hidden, 3, stride=stride, padding=1), batch_norm(hidden), nn.ReLU()]
+            layers += [nn.Conv2d(channels, hidden, 3, stride=stride, padding=1), batch_norm(hidden)]
+            layers += [FiLM(hidden), nn.ReLU()] if film else [nn.ReLU()]
             if pool == "max":
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
             channels = hidden
@@ -82,3 +112,121 @@ class ConvNet(nn.Module):
 def has_torch_batchnorm(model: nn.Module) -> bool:
     """True if ``model`` contains PyTorch's own batch-norm layers (unsafe under vmap)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class PerStepBatchNorm(nn.Module):
+    """Batch normalisation with one set of statistics (and of weights and biases) per inner-loop step:
+    MAML++'s BNRS and BNWB (Antoniou, Edwards and Storkey, 2019, sec. 4).
+
+    It keeps ``running_mean`` and ``running_var`` of shape ``[steps, C]`` and, with
+    ``per_step_weights``, ``weight`` and ``bias`` of shape ``[steps, C]`` (else ``[C]``, shared by the
+    steps). Which row a forward pass uses is the step index ``step``, a plain Python int that
+    :func:`batch_norm_step` sets around the call: ``torch.func`` transforms (vmap, grad) run the
+    Python of a forward once, eagerly, so the index is read exactly and nothing about it is traced.
+    ``step`` is 0 outside that context.
+
+    It normalises with the statistics of the batch it is given (as :class:`BatchNorm`, from
+    primitive ops, so it is exact under vmap and double backward), or with the running statistics
+    of its step when :func:`batch_norm_step` says ``running_stats=True``. It never writes its
+    buffers while it runs: with ``record`` it hands its batch statistics (detached, the variance
+    unbiased as in ``nn.BatchNorm2d``) back to the caller, who averages them over tasks outside any
+    transform and calls :meth:`update_running_statistics` (moving average with ``momentum``).
+
+    Build a conv net with it by ``ConvNet(ways, batch_norm=functools.partial(PerStepBatchNorm, steps=5))``.
+    """
+
+    def __init__(self, channels: int, steps: int, per_step_weights: bool = True, eps: float = 1e-5,
+                 momentum: float = 0.1):
+        super().__init__()
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps={steps!r} is out of range: allowed an integer >= 1 (one set per inner step)")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum={momentum!r} is out of range: allowed a number in (0, 1]")
+        self.steps, self.per_step_weights, self.eps, self.momentum = steps, bool(per_step_weights), eps, momentum
+        shape = (steps, channels) if per_step_weights else (channels,)
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
+        self.register_buffer("running_mean", torch.zeros(steps, channels))
+        self.register_buffer("running_var", torch.ones(steps, channels))
+        # set by batch_norm_step around a forward pass; plain Python values, never tensors
+        self.step, self.use_running_stats, self.record, self.record_key = 0, False, None, ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.step
+        if not 0 <= s < self.steps:
+            raise ValueError(f"step={s} is out of range: allowed 0..{self.steps - 1} (one set per inner step)")
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        if self.use_running_stats:
+            mean, var = self.running_mean[s].view(shape), self.running_var[s].view(shape)
+        else:
+            dims = [0] + list(range(2, x.dim()))
+            mean = x.mean(dim=dims, keepdim=True)
+            var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)  # biased, as in F.batch_norm
+            if self.record is not None:
+                n = x.numel() // x.shape[1]
+                unbiased = var * (n / (n - 1)) if n > 1 else var
+                self.record[self.record_key] = torch.stack([mean.flatten(), unbiased.flatten()]).detach()
+        weight, bias = (self.weight[s], self.bias[s]) if self.per_step_weights else (self.weight, self.bias)
+        return (x - mean) * torch.rsqrt(var + self.eps) * weight.view(shape) + bias.view(shape)
+
+    @torch.no_grad()
+    def update_running_statistics(self, step: int, mean: torch.Tensor, var: torch.Tensor):
+        """running <- (1 - momentum) running + momentum * batch statistics, for set ``step``."""
+        self.running_mean[step].lerp_(mean.to(self.running_mean), self.momentum)
+        self.running_var[step].lerp_(var.to(self.running_var), self.momentum)
+
+    @classmethod
+    def from_batch_norm(cls, layer: BatchNorm, steps: int, per_step_weights: bool = True) -> "PerStepBatchNorm":
+        """A per-step layer that starts where ``layer`` is: its weight and bias copied to every step."""
+        new = cls(layer.weight.numel(), steps, per_step_weights, eps=layer.eps)
+        new.to(device=layer.weight.device, dtype=layer.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(layer.weight.expand_as(new.weight))
+            new.bias.copy_(layer.bias.expand_as(new.bias))
+        return new
+
+    def extra_repr(self) -> str:
+        return (f"{self.running_mean.shape[1]}, steps={self.steps}, per_step_weights={self.per_step_weights}, "
+                f"momentum={self.momentum}")
+
+
+def per_step_layers(model: nn.Module) -> dict[str, PerStepBatchNorm]:
+    """The model's :class:`PerStepBatchNorm` layers by name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, PerStepBatchNorm)}
+
+
+@contextmanager
+def batch_norm_step(model: nn.Module, step: int, running_stats: bool = False, record: dict | None = None):
+    """Within the block, every :class:`PerStepBatchNorm` of ``model`` uses set ``step``: its running
+    statistics if ``running_stats`` (else the batch's), and its weights of that step.
+
+    With ``record`` (a dict), each layer stores its batch statistics there under ``"<layer>/<step>"``
+    as a ``[2, C]`` tensor (mean, unbiased variance). A model without such layers is unaffected.
+    The previous settings come back on exit, so blocks nest.
+    """
+    layers = per_step_layers(model)
+    saved = {name: (m.step, m.use_running_stats, m.record, m.record_key) for name, m in layers.items()}
+    for name, m in layers.items():
+        m.step, m.use_running_stats, m.record, m.record_key = step, running_stats, record, f"{name}/{step}"
+    try:
+        yield
+    finally:
+        for name, m in layers.items():
+            m.step, m.use_running_stats, m.record, m.record_key = saved[name]
+
+
+def use_per_step_batch_norm(model: nn.Module, steps: int, per_step_weights: bool = True) -> nn.Module:
+    """Replace, in place, every :class:`BatchNorm` of ``model`` by a :class:`PerStepBatchNorm` with ``steps``
+    sets, starting from its weights; check that per-step layers already there agree. Returns ``model``."""
+    if has_torch_batchnorm(model):
+        raise ValueError("per-step batch norm replaces mlcourse.nn.BatchNorm layers, but this model has "
+                         "torch.nn.BatchNorm layers: build it with mlcourse.nn.BatchNorm")
+    for name, m in per_step_layers(model).items():
+        if m.steps != steps or m.per_step_weights != bool(per_step_weights):
+            raise ValueError(f"layer {name} has steps={m.steps}, per_step_weights={m.per_step_weights}: "
+                             f"allowed steps={steps}, per_step_weights={bool(per_step_weights)} (the algorithm's)")
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is BatchNorm:
+                setattr(parent, child_name, PerStepBatchNorm.from_batch_norm(child, steps, per_step_weights))
+    return model

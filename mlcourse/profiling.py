@@ -24,7 +24,7 @@ from .utils import check_int
 SINUSOID_SPEC = dict(model="mlp", meta_batch=25, shots=10, queries=10)
 OMNIGLOT_SPEC = dict(model="convnet", meta_batch=32, ways=5, shots=1, queries=15)
 BENCHMARK_OF_MODEL = {"mlp": "sinusoid", "convnet": "omniglot"}
-SPEC_SIZES = ("algorithm", "model", "meta_batch", "shots", "queries", "ways", "threads")
+SPEC_SIZES = ("algorithm", "model", "benchmark", "meta_batch", "shots", "queries", "ways", "threads")
 
 
 def build(spec: dict, device):
@@ -33,10 +33,13 @@ def build(spec: dict, device):
 
     if spec.get("model") not in BENCHMARK_OF_MODEL:
         raise ValueError(f"model={spec.get('model')!r} is unknown: allowed {', '.join(BENCHMARK_OF_MODEL)}")
-    benchmark = BENCHMARK_OF_MODEL[spec["model"]]
+    # a regression row other than the sinusoid's (multimodal-N) names its benchmark
+    benchmark = spec.get("benchmark") or BENCHMARK_OF_MODEL[spec["model"]]
     t, k, q = spec["meta_batch"], spec["shots"], spec["queries"]
-    if benchmark == "sinusoid":
-        batch = TaskBatch(torch.rand(t, k, 1), torch.rand(t, k, 1), torch.rand(t, q, 1), torch.rand(t, q, 1))
+    if spec["model"] == "mlp":
+        modes = int(benchmark.rpartition("-")[2]) if benchmark.startswith("multimodal-") else 1
+        batch = TaskBatch(torch.rand(t, k, 1), torch.rand(t, k, 1), torch.rand(t, q, 1), torch.rand(t, q, 1),
+                          mode=torch.arange(t) % modes)
     else:
         n = spec["ways"]
         labels = lambda m: torch.arange(n).repeat_interleave(m).repeat(t, 1)  # noqa: E731
@@ -98,7 +101,8 @@ def _worker(builder, spec, device_name, repeats, baseline, queue):
 def measure(spec: dict, device=None, repeats: int = 5, baseline: str = "after_warmup", builder=build) -> dict:
     """Median seconds and peak bytes of one meta-iteration for ``spec``.
 
-    ``spec`` keys: model ("mlp": the sinusoid row, or "convnet": the Omniglot row), meta_batch,
+    ``spec`` keys: model ("mlp": the sinusoid row, or "convnet": the Omniglot row; with
+    ``benchmark`` a regression row of another benchmark, e.g. "multimodal-5"), meta_batch,
     shots, queries, ways (convnet), algorithm (a method of :data:`mlcourse.recipes.RECIPES`;
     default "maml"), threads (optional); every other key overrides one of the row's
     hyperparameters (e.g. inner_steps, inner_lr, first_order, vectorise, lam, cg_steps).

@@ -20,7 +20,7 @@ from .algorithms import IMAML, LLAMA, MAML, Pretrained, Reptile
 from .budget import Budget, get_budget
 from .nn import MLP, ConvNet
 from .published import published
-from .tasks import Sinusoid
+from .tasks import Multimodal, Sinusoid
 from .train import evaluate, meta_train
 
 EVAL_QUERIES = 15  # query drawings per class at evaluation (tighter intervals than the few of training)
@@ -41,6 +41,7 @@ class Recipe:
     iterations: str = "omniglot_iterations"   # the budget field giving the number of meta-iterations
     meta_batch: str | int = "omniglot_meta_batch"  # a budget field, or a fixed number of tasks
     meta_batch_divisor: int = 1               # 20-way runs halve the 5-way meta-batch
+    meta_batch_multiplier: int = 1            # multimodal runs: the budget's tasks per mode times the modes
     train_shots: int | None = None            # train on this many shots whatever K is tested (Reptile)
     train_queries: int | None = None          # query examples per class in training (None: the budget's)
     transductive: bool = True                 # how batch norm sees the query set at test time
@@ -170,15 +171,87 @@ def _platipus() -> list[Recipe]:
                    "Finn et al. 2018, Algorithms 1-2 (kl_weight and variances ours)", seeded=True, **_SIN)]
 
 
+# MAML++ (Antoniou, Edwards and Storkey, 2019, sec. 4, and the authors' code, github.com/AntreasAntoniou/
+# HowToTrainYourMAMLPytorch, experiment_config/omniglot_maml++-omniglot_*.json): five inner steps in training and
+# at test time, their per-layer per-step step sizes (LSLR) started at 0.1; outer Adam 1e-3 cosine-annealed to
+# 1e-5 (CA: factor 0.01); meta-batch 8 tasks (5- and 20-way) with one query drawing per class; 100 "epochs" of 500
+# iterations. MSL anneals over the first 10 epochs (the configs' multi_step_loss_num_epochs) and DA is first order
+# for the first 50 (sec. 4; the released configs train second order throughout): written as fractions (0.1, 0.5)
+# of the budget's iterations, so that every budget keeps the schedules' shape. The authors' net max-pools; ours is
+# MAML's strided one, so that the comparison with MAML isolates the six fixes. Tested transductively, as in the paper.
+_MAML_PLUS_PLUS = dict(inner_lr=0.1, inner_steps=5, msl_annealing_fraction=0.1, first_order_fraction=0.5,
+                       min_outer_lr_factor=0.01)
+
+
+def _maml_plus_plus() -> list[Recipe]:
+    from .algorithms import MAMLPlusPlus
+
+    source = "Antoniou et al. 2019, sec. 4 and the authors' Omniglot configs (net: MAML's)"
+    return [Recipe("maml++", "omniglot", ways, MAMLPlusPlus, _MAML_PLUS_PLUS, source, meta_batch=8,
+                   train_queries=1, iterations=_OMNI[ways]["iterations"]) for ways in (5, 20)]
+
+
+# Meta-SGD (Li et al., 2017, sec. 4): one inner step phi = theta - alpha * grad, in training and at test time, with
+# alpha as large as theta, drawn uniformly from [0.005, 0.1] (stated for regression; used for Omniglot too) and
+# learned with theta by Adam 1e-3. Networks, meta-batches and iterations: MAML's (the budget's). No sinusoid row:
+# the command line scores every sinusoid row after 1 and 10 steps, and an alpha learned for one step (from up to
+# 0.1, ten times MAML's sinusoid alpha) diverges over 10 (non-finite on 11 of 25 tasks after the smoke budget).
+_META_SGD = dict(init_inner_lr=[0.005, 0.1], inner_steps=1)
+
+
+def _meta_sgd() -> list[Recipe]:
+    from .algorithms import MetaSGD
+
+    source = "Li et al. 2017, sec. 4 (one step, alpha from [0.005, 0.1]); sizes MAML's"
+    return [Recipe("meta-sgd", "omniglot", ways, MetaSGD, _META_SGD, source, **_OMNI[ways]) for ways in (5, 20)]
+
+
+# MMAML (Vuorio et al., 2019, sec. 5.1 and the authors' regression code, github.com/vuoristo/MMAML-Regression):
+# the task network is an MLP 1-100-100-100-1; five inner steps of alpha = 0.001 (MMAML, MAML and Multi-MAML alike);
+# Adam 1e-3; 25 tasks of each family per meta-batch; 70,000 iterations; a bidirectional LSTM encoder (2 layers of 40
+# units each way) over the support points sorted by x; FiLM (or softmax) generators. The LSTM learner is the same
+# modulated network with no inner step. The modulated learners clip as the authors' code does: inner gradients
+# entry by entry to [-10, 10], outer gradient norms to 2 (task network and modulation network apart); without it
+# the 5-mode run diverged. Left out: the authors' "bias transformation" (20 learned extra inputs) and their
+# clipping of MAML's outer gradient (our MAML has none).
+_MMAML_REGRESSION = dict(inner_lr=1e-3, inner_steps=5)
+_MMAML_MODULATED = dict(_MMAML_REGRESSION, encoder="lstm", inner_grad_clip=10.0, grad_clip=2.0)
+MULTIMODAL_BENCHMARKS = tuple(f"multimodal-{n}" for n in (2, 3, 5))
+
+
+def _mmaml() -> list[Recipe]:
+    from .algorithms import MMAML, MultiMAML
+
+    source = "Vuorio et al. 2019, sec. 5.1 and the authors' code (bias transformation left out)"
+    rows = []
+    for benchmark in MULTIMODAL_BENCHMARKS:
+        modes = int(benchmark.rpartition("-")[2])
+        sizes = dict(iterations="multimodal_iterations", meta_batch="multimodal_tasks_per_mode",
+                     meta_batch_multiplier=modes, validate=False)
+        rows += [
+            Recipe("maml", benchmark, None, MAML, _MMAML_REGRESSION, source, **sizes),
+            Recipe("multi-maml", benchmark, None, MultiMAML, {**_MMAML_REGRESSION, "num_modes": modes},
+                   source + " (an oracle: told each task's family)", **sizes),
+            Recipe("lstm-learner", benchmark, None, MMAML, {**_MMAML_MODULATED, "inner_steps": 0},
+                   source + " (modulation only, no inner step)", **sizes),
+            Recipe("mmaml", benchmark, None, MMAML, {**_MMAML_MODULATED, "modulation": "film"}, source, **sizes),
+            Recipe("mmaml-softmax", benchmark, None, MMAML, {**_MMAML_MODULATED, "modulation": "softmax"}, source,
+                   **sizes),
+        ]
+    return rows
+
+
 RECIPES: dict[tuple, Recipe] = {r.key(): r for r in [*_maml_family(), *_llama(), *_reptile(), *_imaml(),
-                                                     *_bmaml(), *_platipus()]}
+                                                     *_bmaml(), *_platipus(), *_maml_plus_plus(), *_meta_sgd(),
+                                                     *_mmaml()]}
 METHODS = tuple(dict.fromkeys(r.method for r in RECIPES.values()))
-BENCHMARKS = ("omniglot", "sinusoid")
+BENCHMARKS = ("omniglot", "sinusoid", *MULTIMODAL_BENCHMARKS)
+REGRESSION = ("sinusoid", *MULTIMODAL_BENCHMARKS)  # benchmarks scored by MSE, with no ways
 
 
 def recipe(method: str, benchmark: str, ways: int | None = 5) -> Recipe:
     """The row for (method, benchmark, ways), or a ValueError listing what exists."""
-    ways = None if benchmark == "sinusoid" else ways
+    ways = None if benchmark in REGRESSION else ways
     row = RECIPES.get((method, benchmark, ways))
     if row is None:
         if method not in METHODS:
@@ -192,13 +265,22 @@ def recipe(method: str, benchmark: str, ways: int | None = 5) -> Recipe:
     return row
 
 
+def _modes(benchmark: str) -> int:
+    return int(benchmark.rpartition("-")[2])
+
+
 def make_model(benchmark: str, ways: int | None):
-    """The benchmark's network: the MLP 1-40-40-1 (sinusoid) or the 4-block conv net (Omniglot)."""
-    return MLP([1, 40, 40, 1]) if benchmark == "sinusoid" else ConvNet(ways)
+    """The benchmark's network: the MLP 1-40-40-1 (sinusoid), the MLP 1-100-100-100-1 with FiLM layers
+    (multimodal regression) or the 4-block conv net (Omniglot)."""
+    if benchmark == "sinusoid":
+        return MLP([1, 40, 40, 1])
+    if benchmark in MULTIMODAL_BENCHMARKS:
+        return MLP([1, 100, 100, 100, 1], film=True)
+    return ConvNet(ways)
 
 
 def loss_function(benchmark: str):
-    return F.mse_loss if benchmark == "sinusoid" else F.cross_entropy
+    return F.mse_loss if benchmark in REGRESSION else F.cross_entropy
 
 
 def build_algorithm(method: str, benchmark: str, ways: int | None = 5, seed: int = 0, **overrides):
@@ -216,6 +298,8 @@ def test_sampler(benchmark: str, ways: int | None, shots: int, root=None, protoc
     """The tasks a row is scored on: K = ``shots``, 15 queries per class (Omniglot) or 100 points."""
     if benchmark == "sinusoid":
         return Sinusoid(shots=shots, queries=SINUSOID_TEST_QUERIES)
+    if benchmark in MULTIMODAL_BENCHMARKS:
+        return Multimodal.paper(_modes(benchmark), shots=shots, queries=SINUSOID_TEST_QUERIES)
     from .tasks import Omniglot  # reading Omniglot is only needed here
 
     return Omniglot(ways, shots, EVAL_QUERIES, split, root=root, protocol=protocol)
@@ -231,10 +315,13 @@ def build(method: str, benchmark: str, ways: int | None = 5, shots: int = 1, bud
     iterations = getattr(budget, row.iterations) if iterations is None else iterations
     if meta_batch is None:
         meta_batch = row.meta_batch if isinstance(row.meta_batch, int) else getattr(budget, row.meta_batch)
-        meta_batch = max(1, meta_batch // row.meta_batch_divisor)
+        meta_batch = max(1, meta_batch * row.meta_batch_multiplier // row.meta_batch_divisor)
     train_shots = row.train_shots or shots
     if benchmark == "sinusoid":
         train = Sinusoid(shots=train_shots, queries=row.train_queries or train_shots)
+        val = None
+    elif benchmark in MULTIMODAL_BENCHMARKS:  # the paper's 5 query points per task in training
+        train = Multimodal.paper(_modes(benchmark), shots=train_shots, queries=row.train_queries or 5)
         val = None
     else:
         from .tasks import Omniglot
@@ -246,7 +333,7 @@ def build(method: str, benchmark: str, ways: int | None = 5, shots: int = 1, bud
     torch.manual_seed(seed)  # the model's initialisation
     algorithm = build_algorithm(method, benchmark, ways, seed, **overrides)
     settings = {"method": method, "benchmark": benchmark, "ways": row.ways, "shots": shots,
-                "train_shots": train_shots, "protocol": protocol if benchmark != "sinusoid" else None,
+                "train_shots": train_shots, "protocol": protocol if benchmark not in REGRESSION else None,
                 "seed": seed, "budget": budget.name, "meta_batch": meta_batch, "outer_lr": row.outer_lr,
                 "hyperparameters": {**row.hyperparameters, **overrides}}
     return {"recipe": row, "algorithm": algorithm, "train": train, "val": val, "test": test,

@@ -132,7 +132,7 @@ def reevaluate(name: str, num_tasks: int | None = None, where: Path | None = Non
 
 
 def column(name: str, num_tasks: int | None = None, device=None, **setting) -> tuple[str, float | None]:
-    """A chapter's "reference run" cell: ``(text, accuracy in %)`` for the run ``name``
+    """A chapter's "reference run" cell: ``(text, accuracy in %, or MSE)`` for the run ``name``
     re-evaluated now on ``num_tasks`` test tasks (``setting``: ``shots``, ``transductive``, see
     :func:`reevaluate`), e.g. ``"97.99 ± 0.22 (16,000 it. of B = 8)"``; or
     ``("no reference run yet", None)`` where the folder holds no such run."""
@@ -142,6 +142,7 @@ def column(name: str, num_tasks: int | None = None, device=None, **setting) -> t
         return "no reference run yet", None
     made = record(name)
     iterations = made.get("selected_iteration") or made["iterations"]
-    text = (f"{100 * result['mean']:.2f} ± {100 * result['ci95']:.2f} "
-            f"({iterations:,} it. of B = {made['meta_batch']})")
-    return text, 100 * result["mean"]
+    of = f"({iterations:,} it. of B = {made['meta_batch']})"
+    if result["metric"] == "mse":  # regression: the mean squared error itself
+        return f"{result['mean']:.3f} ± {result['ci95']:.3f} {of}", result["mean"]
+    return f"{100 * result['mean']:.2f} ± {100 * result['ci95']:.2f} {of}", 100 * result["mean"]

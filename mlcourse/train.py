@@ -239,6 +239,7 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=desc, disable=not progress or rank != 0)
     for it in bar:
         algorithm.model.train()
+        algorithm.start_iteration(it, iterations)  # the objective's schedules (MAML++), like the step size's below
         batch = sampler.sample(meta_batch, generator=generator).to(device)
         optimizer.zero_grad(set_to_none=True)
         for group in optimizer.param_groups:  # a function of the iteration alone, so a resumed run matches

@@ -497,3 +497,259 @@ def platipus_playground(platipus, maml=None, points: int = 3, x_range=(-1.0, 1.0
         samples=w.IntSlider(value=samples, min=1, max=30, description="samples"),
         seed=w.IntSlider(value=seed, min=0, max=50, description="task seed"),
     )
+
+
+def draw_multimodal_adaptation(learners: dict, modes, family: str, inner_steps: int | None = None,
+                               noise: float = 0.3, shots: int = 5, seed: int = 0, ax=None):
+    """One task of ``family`` seen through ``shots`` noisy points, and each learner's prediction
+    after its modulation and ``inner_steps`` adaptation steps (None: each learner's own test-time
+    setting). ``learners`` maps a label to an algorithm trained on the families ``modes`` (Multi-
+    MAML is told the task's mode). Returns the figure."""
+    from .tasks import Multimodal, TaskBatch
+    from .utils import check_int
+
+    modes = tuple(modes)
+    if family not in modes:
+        raise ValueError(f"family={family!r} is not one the learners were trained on: allowed {', '.join(modes)}")
+    check_int("shots", shots, 1)
+    sampler = Multimodal((family,), shots, 1, noise)
+    batch, params = sampler.sample(1, torch.Generator().manual_seed(seed), return_params=True)
+    xs = torch.linspace(-5, 5, 121).view(1, -1, 1)
+    mode = torch.tensor([modes.index(family)])
+    task = TaskBatch(batch.support_x, batch.support_y, xs, sampler.function(xs, params), mode=mode)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig = ax.figure
+    for i, (label, learner) in enumerate(learners.items()):
+        device = next(learner.model.parameters()).device
+        with torch.no_grad():
+            curve = learner.predict(task.to(device), inner_steps=inner_steps).cpu()[0, :, 0]
+        ax.plot(xs[0, :, 0], curve, color=f"C{i}", lw=1.6, label=label)
+    ax.plot(xs[0, :, 0], task.query_y[0, :, 0], "k--", lw=1.2, label=f"true {family}")
+    ax.scatter(batch.support_x[0, :, 0], batch.support_y[0, :, 0], color="k", zorder=3, label=f"{shots} noisy points")
+    steps = "each learner's own steps" if inner_steps is None else f"{inner_steps} steps"
+    ax.set_title(f"a {family} task, {len(modes)} modes in training, {steps}", fontsize=10)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    low, high = task.query_y.min().item(), task.query_y.max().item()
+    ax.set_ylim(min(low, -1.0) - 2.0, max(high, 1.0) + 2.0)
+    ax.legend(fontsize=9, loc="upper left", ncol=3)
+    legible(fig)
+    fig.tight_layout()
+    return fig
+
+
+def multimodal_playground(learners_by_modes: dict, noise: float = 0.3, inner_steps: int = 5, seed: int = 0):
+    """Sliders for :func:`draw_multimodal_adaptation`: which trained set (number of modes), the
+    task's family, the noise, the adaptation steps and the task. ``learners_by_modes`` maps a
+    number of modes to ``(modes, {label: learner})``."""
+    import ipywidgets as w
+
+    counts = sorted(learners_by_modes)
+    family = w.Dropdown(options=list(learners_by_modes[counts[0]][0]), description="family")
+    number = w.Dropdown(options=counts, value=counts[0], description="modes")
+
+    def refresh(change):  # a smaller set may not hold the chosen family
+        family.options = list(learners_by_modes[change["new"]][0])
+
+    number.observe(refresh, names="value")
+
+    def show(num_modes, family, noise, inner_steps, seed):
+        modes, learners = learners_by_modes[num_modes]
+        if family in modes:
+            draw_multimodal_adaptation(learners, modes, family, inner_steps, noise, seed=seed)
+            plt.show()
+
+    return w.interactive(show, num_modes=number, family=family,
+                         noise=w.FloatSlider(value=noise, min=0.0, max=2.0, step=0.1, description="noise sd"),
+                         inner_steps=w.IntSlider(value=inner_steps, min=0, max=20, description="steps"),
+                         seed=w.IntSlider(value=seed, min=0, max=50, description="task seed"))
+
+
+# -- chapter 9: MAML++'s schedules, and adaptation with learned step sizes -----------------------
+
+def draw_maml_plus_plus_schedules(inner_steps: int = 5, msl_fraction: float = 0.1, first_order_fraction: float = 0.5,
+                                  min_outer_lr_factor: float = 0.01, iterations: int = 100,
+                                  iteration: int | None = None):
+    """MAML++'s three schedules over ``iterations`` meta-iterations, as the package computes them
+    (a :class:`~mlcourse.algorithms.MAMLPlusPlus` is asked at every iteration): the multi-step loss's
+    weights v_s of each inner step (MSL), the order of the meta-gradient (DA) and the outer step size's
+    factor beta_t / beta (CA). With ``iteration``, a fourth panel shows the weights at that iteration.
+    Returns the figure."""
+    import torch.nn.functional as F
+
+    from .algorithms import MAMLPlusPlus
+    from .nn import MLP
+    from .utils import check_int
+
+    check_int("inner_steps", inner_steps, 1)
+    check_int("iterations", iterations, 1)
+    if iteration is not None:
+        check_int("iteration", iteration, 0)
+        if iteration >= iterations:
+            raise ValueError(f"iteration={iteration} is out of range: allowed 0..{iterations - 1}")
+    alg = MAMLPlusPlus(MLP([1, 2, 1]), F.mse_loss, 0.1, inner_steps, per_step_bn_stats=False,
+                       per_step_bn_weights=False, msl_annealing_fraction=msl_fraction,
+                       first_order_fraction=first_order_fraction, min_outer_lr_factor=min_outer_lr_factor)
+    its = list(range(iterations))
+    weights, orders, factors = [], [], []
+    for it in its:
+        alg.start_iteration(it, iterations)
+        weights.append(alg.step_weights())
+        orders.append(1 if alg.first_order else 2)
+        factors.append(alg.outer_lr_factor(it, iterations))
+    fig, grid = plt.subplots(2, 2, figsize=(8, 5.5))  # a 2 x 2 grid fits a book page
+    axes = list(grid.flat)
+    if iteration is None:  # three panels: the fourth cell of the grid stays empty
+        fig.delaxes(axes.pop())
+    if inner_steps > 1:  # the earlier steps share one weight: one line for all of them
+        earlier = "v_0" if inner_steps == 2 else f"v_0 ... v_{inner_steps - 2} (each)"
+        axes[0].plot(its, [w[0] for w in weights], lw=1.6, color="C0", label=earlier)
+    axes[0].plot(its, [w[-1] for w in weights], lw=1.6, color="C4", label=f"v_{inner_steps - 1} (last step)")
+    axes[0].set_title("MSL: weight of each step's query loss", fontsize=10)
+    axes[0].set_ylim(-0.03, 1.03)
+    axes[0].legend(fontsize=9, loc="center right")
+    axes[1].step(its, orders, where="post", color="C3", lw=1.8)
+    axes[1].set_yticks([1, 2], ["first", "second"])
+    axes[1].set_ylim(0.7, 2.3)
+    axes[1].set_title("DA: order of the meta-gradient", fontsize=10)
+    axes[2].plot(its, factors, color="C2", lw=1.8, label="MAML++ (CA)")
+    axes[2].axhline(1.0, color="0.5", ls="--", lw=1.2, label="MAML (constant)")
+    axes[2].set_ylim(0, 1.08)
+    axes[2].set_title("CA: outer step size / beta", fontsize=10)
+    axes[2].legend(fontsize=9, loc="lower left")
+    for ax in axes[:3]:
+        ax.set_xlabel("meta-iteration")
+        if iteration is not None:
+            ax.axvline(iteration, color="k", lw=0.8, ls=":")
+    if iteration is not None:
+        axes[3].bar(range(inner_steps), weights[iteration], color=[f"C{s}" for s in range(inner_steps)])
+        axes[3].set_xticks(range(inner_steps))
+        axes[3].set_xlabel("inner step s")
+        axes[3].set_ylim(0, 1.03)
+        order = "first" if orders[iteration] == 1 else "second"
+        axes[3].set_title(f"iteration {iteration}: v_s ({order} order, "
+                          f"beta x {factors[iteration]:.2f})", fontsize=10)
+    legible(fig)
+    fig.tight_layout()
+    return fig
+
+
+def maml_plus_plus_schedule_playground(inner_steps: int = 5, msl_fraction: float = 0.1,
+                                       first_order_fraction: float = 0.5, min_outer_lr_factor: float = 0.01,
+                                       iterations: int = 100):
+    """Sliders for :func:`draw_maml_plus_plus_schedules`: the inner steps, the three schedules' settings,
+    the length of meta-training and the iteration whose weights are shown."""
+    import ipywidgets as w
+
+    def show(inner_steps, msl_fraction, first_order_fraction, min_outer_lr_factor, iterations, position):
+        draw_maml_plus_plus_schedules(inner_steps, msl_fraction, first_order_fraction, min_outer_lr_factor,
+                                      iterations, min(iterations - 1, int(position * iterations)))
+        plt.show()
+
+    return w.interactive(
+        show,
+        inner_steps=w.IntSlider(value=inner_steps, min=1, max=10, description="inner steps"),
+        msl_fraction=w.FloatSlider(value=msl_fraction, min=0.0, max=1.0, step=0.05, description="MSL span"),
+        first_order_fraction=w.FloatSlider(value=first_order_fraction, min=0.0, max=1.0, step=0.05,
+                                           description="DA first-order"),
+        min_outer_lr_factor=w.FloatSlider(value=min_outer_lr_factor, min=0.0, max=1.0, step=0.01,
+                                          description="CA floor"),
+        iterations=w.IntSlider(value=iterations, min=10, max=1000, step=10, description="iterations"),
+        position=w.FloatSlider(value=0.05, min=0.0, max=1.0, step=0.01, description="at (fraction)"),
+    )
+
+
+class _ScaledStepSizes:
+    """Within the block, every inner step size of ``algorithm`` is multiplied by ``scale``: MAML's
+    ``inner_lr``, MAML++'s LSLR rates or Meta-SGD's alpha (restored on exit)."""
+
+    def __init__(self, algorithm, scale: float):
+        self.algorithm, self.scale = algorithm, float(scale)
+
+    def __enter__(self):
+        alg = self.algorithm
+        self.saved = [(p, p.detach().clone()) for p in self._tensors()]
+        with torch.no_grad():
+            for p, _ in self.saved:
+                p.mul_(self.scale)
+        self.inner_lr = None
+        if not self.saved:
+            self.inner_lr = alg.inner_lr
+            alg.inner_lr = self.inner_lr * self.scale
+        return alg
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for p, value in self.saved:
+                p.copy_(value)
+        if self.inner_lr is not None:
+            self.algorithm.inner_lr = self.inner_lr
+        return False
+
+    def _tensors(self):
+        alg = self.algorithm
+        if isinstance(getattr(alg, "alpha", None), dict):  # Meta-SGD
+            return list(alg.alpha.values())
+        return list(getattr(alg, "inner_lrs", {}).values())  # MAML++ with LSLR (empty otherwise)
+
+
+def adaptation_by_step(learners: dict, batch, max_steps: int = 10, lr_scale: float = 1.0) -> dict:
+    """``{label: [mean query accuracy after 0, 1, ..., max_steps inner steps]}`` on ``batch`` (a
+    TaskBatch), each learner adapting with its own inner step sizes multiplied by ``lr_scale``."""
+    from .train import score_batch
+    from .utils import check_int
+
+    check_int("max_steps", max_steps, 0)
+    if not lr_scale >= 0:
+        raise ValueError(f"lr_scale={lr_scale!r} is out of range: allowed a number >= 0")
+    curves = {}
+    for label, learner in learners.items():
+        device = next(learner.model.parameters()).device
+        tasks = batch.to(device)
+        with _ScaledStepSizes(learner, lr_scale):
+            curves[label] = [score_batch(learner, tasks, inner_steps=k)[1].mean().item()
+                             for k in range(max_steps + 1)]
+    return curves
+
+
+def draw_adaptation_by_step(learners: dict, batch, max_steps: int = 10, lr_scale: float = 1.0,
+                            trained_steps: int | None = None, ax=None):
+    """The query accuracy after 0..``max_steps`` inner steps of each learner on the tasks of ``batch``,
+    their inner step sizes scaled by ``lr_scale`` (:func:`adaptation_by_step`); a dotted line marks
+    ``trained_steps``, the steps of meta-training. Returns the figure."""
+    curves = adaptation_by_step(learners, batch, max_steps, lr_scale)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig = ax.figure
+    ways = int(batch.query_y.max()) + 1
+    for i, (label, accuracy) in enumerate(curves.items()):
+        ax.plot(range(max_steps + 1), [100 * a for a in accuracy], marker="o", ms=4, color=f"C{i}", label=label)
+    ax.axhline(100 / ways, color="0.5", ls="--", lw=1.0, label=f"chance ({100 / ways:.0f}%)")
+    if trained_steps is not None:
+        ax.axvline(trained_steps, color="k", ls=":", lw=1.0, label=f"steps in meta-training ({trained_steps})")
+    ax.set_xlabel("inner steps at test time")
+    ax.set_ylabel("query accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{batch.num_tasks} test tasks, {ways}-way; step sizes x {lr_scale:g}", fontsize=10)
+    ax.legend(fontsize=9, loc="upper left", ncol=2)
+    legible(fig)
+    fig.tight_layout()
+    return fig
+
+
+def adaptation_playground(learners: dict, batch, max_steps: int = 10, lr_scale: float = 1.0,
+                          trained_steps: int | None = None):
+    """Sliders for :func:`draw_adaptation_by_step`: the number of test-time steps and the factor on
+    every learner's inner step sizes."""
+    import ipywidgets as w
+
+    def show(max_steps, lr_scale):
+        draw_adaptation_by_step(learners, batch, max_steps, lr_scale, trained_steps)
+        plt.show()
+
+    return w.interactive(
+        show,
+        max_steps=w.IntSlider(value=max_steps, min=0, max=20, description="max steps"),
+        lr_scale=w.FloatLogSlider(value=lr_scale, base=10, min=-1, max=1, step=0.1, description="step x"),
+    )

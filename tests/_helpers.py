@@ -85,3 +85,35 @@ def check_stored_exercise_cells(chapter, setup):
         namespace = dict(setup)
         exec("".join(solution["source"]), namespace)
         assert ex.check(namespace[ex.function_name], verbose=False).passed
+
+
+def image_batch(tasks=2, ways=3, shots=2, queries=2, size=12, seed=0):
+    """A float64 meta-batch of random image tasks, labels 0..ways-1 class-major."""
+    from mlcourse.tasks import TaskBatch
+
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.rand(tasks, ways * shots, 1, size, size, generator=g, dtype=torch.float64)
+    qx = torch.rand(tasks, ways * queries, 1, size, size, generator=g, dtype=torch.float64)
+    sy = torch.arange(ways).repeat_interleave(shots).repeat(tasks, 1)
+    qy = torch.arange(ways).repeat_interleave(queries).repeat(tasks, 1)
+    return TaskBatch(sx, sy, qx, qy)
+
+
+def model_grads(alg, batch):
+    """The meta-gradient of the model's parameters, as one flat vector."""
+    _, grads = alg.meta_gradient(batch)
+    return torch.cat([grads[k].flatten() for k, _ in alg.model.named_parameters()])
+
+
+def check_notebook_embeds_cells(chapter):
+    """The chapter's notebook holds its exercise cells exactly as the registry writes them."""
+    import nbformat
+
+    from mlcourse.exercises.cells import NOTEBOOKS, chapter_cells
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / NOTEBOOKS[chapter]
+    cells = {c.get("id"): c for c in nbformat.read(str(path), as_version=4).cells}
+    for cell in chapter_cells(chapter):
+        mine = cells[cell["id"]]
+        assert mine.cell_type == cell["cell_type"] and mine.source == "".join(cell["source"])
+        assert mine.metadata.get("tags", []) == cell["metadata"].get("tags", [])

@@ -38,7 +38,7 @@ def test_reproduce_omniglot_has_published_figure(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["reproduce", "maml", "sinusoid", "--budget", "huge"], "budget 'huge' is unknown: allowed smoke, default, paper"),
-    (["reproduce", "maml", "omniglot", "--ways", "7"], "maml has no recipe for omniglot 7-way: allowed omniglot 5-way, omniglot 20-way, sinusoid"),
+    (["reproduce", "maml", "omniglot", "--ways", "7"], "maml has no recipe for omniglot 7-way: allowed multimodal-2, multimodal-3, multimodal-5, omniglot 5-way, omniglot 20-way, sinusoid"),
     (["reproduce", "imaml-gd", "sinusoid"], "imaml-gd has no recipe for sinusoid: allowed omniglot 5-way"),
 ])
 def test_bad_input_exits_with_message(args, message):

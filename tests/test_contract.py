@@ -32,14 +32,14 @@ def test_every_row_trains_and_evaluates(row, tmp_path):
     assert len(history["loss"]) == 2 and all(torch.isfinite(torch.tensor(history["loss"])))
     assert any(not torch.equal(b, p) for b, p in zip(before, alg.parameters())), "the outer step moved nothing"
     result = evaluate(alg, setup["test"], num_tasks=4, batch_size=2)
-    assert result["num_tasks"] == 4 and result["metric"] == ("mse" if row.benchmark == "sinusoid" else "accuracy")
+    assert result["num_tasks"] == 4 and result["metric"] == ("accuracy" if row.benchmark == "omniglot" else "mse")
     assert alg.test_steps() == row.hyperparameters.get("eval_inner_steps", row.hyperparameters["inner_steps"])
 
 
 @pytest.mark.parametrize("row", ROWS, ids=_ids)
 def test_every_row_builds_for_profiling(row):
-    spec = dict(algorithm=row.method, model="mlp" if row.benchmark == "sinusoid" else "convnet", meta_batch=2,
-                shots=10 if row.train_shots else 1, queries=1, ways=row.ways)
+    spec = dict(algorithm=row.method, model="convnet" if row.benchmark == "omniglot" else "mlp", meta_batch=2,
+                shots=10 if row.train_shots else 1, queries=1, ways=row.ways, benchmark=row.benchmark)
     alg, batch = profiling.build(spec, torch.device("cpu"))
     assert isinstance(alg, row.algorithm) and batch.num_tasks == 2
     loss, grads = alg.meta_gradient(batch)
@@ -50,8 +50,8 @@ def test_every_row_builds_for_profiling(row):
 @pytest.mark.parametrize("method", recipes.METHODS)
 def test_every_method_is_profiled_in_a_fresh_process(method):
     row = next(r for r in ROWS if r.method == method)
-    spec = dict(algorithm=method, model="mlp" if row.benchmark == "sinusoid" else "convnet", meta_batch=2,
-                shots=10 if row.train_shots else 1, queries=1, ways=row.ways, threads=1)
+    spec = dict(algorithm=method, model="convnet" if row.benchmark == "omniglot" else "mlp", meta_batch=2,
+                shots=10 if row.train_shots else 1, queries=1, ways=row.ways, threads=1, benchmark=row.benchmark)
     out = profiling.measure(spec, device="cpu", repeats=1)
     assert out["seconds"] > 0 and out["algorithm"] == method
 

@@ -10,21 +10,12 @@ from torch.func import functional_call
 from mlcourse.algorithms import MAML
 from mlcourse.nn import MLP, BatchNorm, ConvNet
 from mlcourse.tasks import Sinusoid, TaskBatch
-from _helpers import flat_params, set_flat
+from _helpers import flat_params, image_batch, set_flat
 
 
 def sinusoid_batch(tasks=3, shots=5, seed=0):
     batch = Sinusoid(shots, 7).sample(tasks, generator=torch.Generator().manual_seed(seed))
     return TaskBatch(*(t.double() for t in batch))
-
-
-def image_batch(tasks=2, ways=3, shots=2, queries=2, size=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    sx = torch.rand(tasks, ways * shots, 1, size, size, generator=g, dtype=torch.float64)
-    qx = torch.rand(tasks, ways * queries, 1, size, size, generator=g, dtype=torch.float64)
-    sy = torch.arange(ways).repeat_interleave(shots).repeat(tasks, 1)
-    qy = torch.arange(ways).repeat_interleave(queries).repeat(tasks, 1)
-    return TaskBatch(sx, sy, qx, qy)
 
 
 def small_mlp(seed=0):

@@ -5,7 +5,12 @@ from .bmaml import BMAML, EMAML
 from .imaml import IMAML
 from .llama import LLAMA
 from .maml import MAML
+from .maml_noise import MAMLNoise
+from .maml_plus_plus import MAMLPlusPlus
+from .meta_sgd import MetaSGD
+from .mmaml import MMAML, MultiMAML
 from .platipus import PLATIPUS
 from .reptile import Reptile
 
-__all__ = ["MetaLearner", "MAML", "Reptile", "LLAMA", "IMAML", "BMAML", "EMAML", "PLATIPUS", "Pretrained", "FromScratch"]
+__all__ = ["MetaLearner", "MAML", "Reptile", "LLAMA", "IMAML", "BMAML", "EMAML", "PLATIPUS", "Pretrained",
+           "FromScratch", "MAMLPlusPlus", "MetaSGD", "MMAML", "MultiMAML", "MAMLNoise"]

@@ -9,6 +9,7 @@ overrides what differs from MAML; every method of the contract has a default:
                                          ``meta_loss(batch)``
 ``outer_optimizer(params, outer_lr)``    the outer update; default Adam with step ``outer_lr``
 ``outer_lr_factor(iteration, total)``    the outer step-size schedule; default constant 1
+``start_iteration(iteration, total)``    told before each meta-iteration; default: nothing
 ``inner_update(params, sx, sy, steps,    the inner loop U^k on one task; default ``steps`` of
 *extra)``                                gradient descent of size ``inner_lr``
 ``task_extras(batch, steps)``            per-task tensors ``predict`` passes on to ``adapt``
@@ -169,6 +170,11 @@ class MetaLearner:
         """Scales the outer step size at ``iteration`` of ``iterations`` (a function of these alone,
         so that a resumed run matches an uninterrupted one)."""
         return 1.0
+
+    def start_iteration(self, iteration: int, iterations: int) -> None:
+        """Called by ``meta_train`` before meta-iteration ``iteration`` (0-based) of ``iterations``, for an
+        objective that follows a schedule (MAML++: multi-step-loss weights, derivative order). Whatever it
+        sets must be a function of these alone, so that a resumed run matches an uninterrupted one."""
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self):

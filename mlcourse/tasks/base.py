@@ -1,7 +1,7 @@
 """Episodes: the `TaskBatch` every sampler returns, and the episode helpers samplers share."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -22,21 +22,34 @@ class TaskBatch:
     (tasks, examples) integer labels or (tasks, examples, outputs) floats, both of one dtype and
     per-example shape; all four agree on the number of tasks, each x and its y on the number of
     examples, and support and query x on the per-example shape.
+
+    ``mode`` (optional, (tasks,) int64): which family each task was drawn from, for samplers that
+    mix families (:class:`mlcourse.tasks.Multimodal`). Oracles (Multi-MAML) route tasks by it and
+    figures colour by it; learners that are not oracles never read it. It is not part of the
+    four-tensor unpacking ``support_x, support_y, query_x, query_y = batch``.
     """
 
     support_x: torch.Tensor
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
+    mode: torch.Tensor | None = None
+
+    DATA = ("support_x", "support_y", "query_x", "query_y")
 
     def __post_init__(self):
         # A batch with a missing or swapped dimension would train on garbage without an error.
-        for f in fields(self):
-            value = getattr(self, f.name)
+        for name in self.DATA:
+            value = getattr(self, name)
             if not isinstance(value, torch.Tensor):
                 kind = type(value)
                 module = "" if kind.__module__ == "builtins" else kind.__module__ + "."
-                raise TypeError(f"{f.name} must be a torch.Tensor, got {module}{kind.__qualname__}")
+                raise TypeError(f"{name} must be a torch.Tensor, got {module}{kind.__qualname__}")
+        if self.mode is not None and (not isinstance(self.mode, torch.Tensor) or self.mode.dtype != torch.int64
+                                      or tuple(self.mode.shape) != (self.support_x.shape[0],)):
+            got = tuple(self.mode.shape) if isinstance(self.mode, torch.Tensor) else type(self.mode).__name__
+            raise ValueError(f"mode must be an int64 tensor of shape ({self.support_x.shape[0]},) (one id per "
+                             f"task), got {got}")
 
         def fmt(shape) -> str:
             return str(tuple(shape))
@@ -83,15 +96,21 @@ class TaskBatch:
         return self.support_x.shape[0]
 
     def to(self, device) -> "TaskBatch":
-        return TaskBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+        mode = None if self.mode is None else self.mode.to(device)
+        return TaskBatch(*(t.to(device) for t in self), mode=mode)
+
+    def select(self, index) -> "TaskBatch":
+        """The tasks at ``index`` (a slice, an index tensor or a boolean mask), with their modes."""
+        mode = None if self.mode is None else self.mode[index]
+        return TaskBatch(*(t[index] for t in self), mode=mode)
 
     def task(self, i: int) -> "TaskBatch":
         """Task ``i`` alone, keeping a leading task dimension of size 1."""
-        return TaskBatch(*(getattr(self, f.name)[i : i + 1] for f in fields(self)))
+        return self.select(slice(i, i + 1))
 
     def __iter__(self):
-        # Allows ``support_x, support_y, query_x, query_y = batch``.
-        return iter(getattr(self, f.name) for f in fields(self))
+        # Allows ``support_x, support_y, query_x, query_y = batch`` (the mode is not unpacked).
+        return iter(getattr(self, name) for name in self.DATA)
 
 
 def check_episode(ways, shots, queries, num_classes: int, per_class: int, split: str, unit: str = "drawings"):
