@@ -18,11 +18,11 @@ from .base import TaskBatch
 # name: (formula, {parameter: (low, high)}); each family has three parameters a, b, c (unused ones are
 # NaN in ``params``). The quadratic's a is a magnitude in [0.02, 0.15] with a random sign.
 FAMILIES = {
-    "sinusoid": ("a sin(x - b)", {"a": (0.1, 5.0), "b": (0.0, math.pi)}),
+    "sinusoid": ("a \\sin(x - b)", {"a": (0.1, 5.0), "b": (0.0, math.pi)}),
     "line": ("a x + b", {"a": (-3.0, 3.0), "b": (-3.0, 3.0)}),
-    "quadratic": ("+-a (x - b)^2 + c", {"a": (0.02, 0.15), "b": (-3.0, 3.0), "c": (-3.0, 3.0)}),
-    "tanh": ("a tanh(x - b) + c", {"a": (-3.0, 3.0), "b": (-3.0, 3.0), "c": (-3.0, 3.0)}),
-    "l1": ("a |x - b| + c", {"a": (-3.0, 3.0), "b": (-3.0, 3.0), "c": (-3.0, 3.0)}),
+    "quadratic": ("\\pm a (x - b)^2 + c", {"a": (0.02, 0.15), "b": (-3.0, 3.0), "c": (-3.0, 3.0)}),
+    "tanh": ("a \\tanh(x - b) + c", {"a": (-3.0, 3.0), "b": (-3.0, 3.0), "c": (-3.0, 3.0)}),
+    "l1": ("a \\lvert x - b \\rvert + c", {"a": (-3.0, 3.0), "b": (-3.0, 3.0), "c": (-3.0, 3.0)}),
 }
 PAPER_MODES = {2: ("sinusoid", "line"), 3: ("sinusoid", "line", "quadratic"),
                5: ("sinusoid", "line", "quadratic", "tanh", "l1")}
