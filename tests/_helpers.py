@@ -117,3 +117,30 @@ def check_notebook_embeds_cells(chapter):
         mine = cells[cell["id"]]
         assert mine.cell_type == cell["cell_type"] and mine.source == "".join(cell["source"])
         assert mine.metadata.get("tags", []) == cell["metadata"].get("tags", [])
+
+
+def check_directional_finite_differences(alg, batch, eps=1e-7, trials=3, seed=1):
+    """The meta-gradient of every meta-parameter against central differences of ``meta_loss`` along
+    ``trials`` random directions (float64); the parameters are restored. Returns the gradients."""
+    named = alg.named_parameters()
+    _, grads = alg.meta_gradient(batch)
+    assert set(grads) == {k for k, _ in named}
+    flat = torch.cat([grads[k].flatten() for k, _ in named])
+    base = [p.detach().clone() for _, p in named]
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(trials):
+        direction = torch.randn(flat.numel(), generator=g, dtype=torch.float64)
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                i = 0
+                for (_, p), b in zip(named, base):
+                    p.copy_(b + sign * eps * direction[i:i + p.numel()].view_as(p))
+                    i += p.numel()
+            values.append(alg.meta_loss(batch).item())
+        numeric = (values[0] - values[1]) / (2 * eps)
+        assert abs(numeric - flat @ direction) <= 1e-6 * max(1.0, abs(numeric)), (numeric, (flat @ direction).item())
+    with torch.no_grad():
+        for (_, p), b in zip(named, base):
+            p.copy_(b)
+    return grads

@@ -15,7 +15,7 @@ from mlcourse.algorithms.maml_plus_plus import cosine_annealing_factor, multi_st
 from mlcourse.nn import BatchNorm, ConvNet, PerStepBatchNorm, batch_norm_step, per_step_layers
 from mlcourse.tasks import Sinusoid, TaskBatch
 from mlcourse.train import meta_train
-from _helpers import image_batch, model_grads, sinusoid_batch, small_convnet, small_mlp
+from _helpers import check_directional_finite_differences, image_batch, model_grads, sinusoid_batch, small_convnet, small_mlp
 
 OFF = dict(msl=False, derivative_order_annealing=False, per_step_bn_stats=False, per_step_bn_weights=False,
            lslr=False, cosine_annealing=False)
@@ -274,29 +274,7 @@ def test_meta_gradient_matches_finite_differences_with_every_fix_on():
             layer.weight.add_(0.2 * torch.arange(2, dtype=torch.float64).view(-1, 1))
         for rates in plus.inner_lrs.values():
             rates.mul_(torch.tensor([1.0, 0.5], dtype=torch.float64))
-    batch = image_batch()
-    named = plus.named_parameters()
-    _, grads = plus.meta_gradient(batch)
-    assert {k for k, _ in named} == set(grads)
-    flat = torch.cat([grads[k].flatten() for k, _ in named])
-    base = [p.detach().clone() for _, p in named]
-    g = torch.Generator().manual_seed(1)
-    eps = 1e-7  # small: the meta-loss jumps where a ReLU's input crosses 0 (the inner gradient does)
-    for _ in range(3):
-        direction = torch.randn(flat.numel(), generator=g, dtype=torch.float64)
-        values = []
-        for sign in (1, -1):
-            with torch.no_grad():
-                i = 0
-                for (_, p), b in zip(named, base):
-                    p.copy_(b + sign * eps * direction[i:i + p.numel()].view_as(p))
-                    i += p.numel()
-            values.append(plus.meta_loss(batch).item())
-        numeric = (values[0] - values[1]) / (2 * eps)
-        assert abs(numeric - flat @ direction) <= 1e-6 * max(1.0, abs(numeric)), (numeric, (flat @ direction).item())
-    with torch.no_grad():
-        for (_, p), b in zip(named, base):
-            p.copy_(b)
+    check_directional_finite_differences(plus, image_batch())
 
 
 def test_vectorised_path_equals_per_task_path():

@@ -15,9 +15,12 @@ overrides what differs from MAML; every method of the contract has a default:
 ``task_extras(batch, steps)``            per-task tensors ``predict`` passes on to ``adapt``
                                          (default none; Reptile's mini-batch indices)
 ``eval_inner_steps``                     test-time adaptation steps (default: ``inner_steps``)
-``state_dict()`` / ``load_state_dict``   what a checkpoint saves (default: the model's)
+``state_dict()`` / ``load_state_dict``   what a checkpoint saves (default: the model's state
+                                         and ``meta_tensors``)
 ``named_parameters()``                   what the outer optimiser updates (default: the
-                                         model's parameters)
+                                         model's parameters and ``meta_tensors``, the
+                                         tensors an algorithm meta-learns beside the model:
+                                         Meta-SGD's alpha, MAML++'s step sizes)
 =======================================  ====================================================
 """
 from __future__ import annotations
@@ -69,6 +72,9 @@ class MetaLearner:
         if not isinstance(transductive, bool):
             raise TypeError(f"transductive={transductive!r} must be True or False")
         self.transductive = transductive
+        # meta-learned tensors beside the model ("alpha/<name>", "inner_lr/<name>"): named, moved,
+        # saved and loaded with it by the defaults below
+        self.meta_tensors: dict[str, nn.Parameter] = {}
         self.eval_inner_steps = None if eval_inner_steps is None else check_int("eval_inner_steps",
                                                                                  eval_inner_steps, 0)
         self._resolve_vectorised()
@@ -80,14 +86,17 @@ class MetaLearner:
     def to(self, device) -> "MetaLearner":
         """Move the model to ``device`` and choose vmap or the loop for it."""
         self.model.to(device)
+        with torch.no_grad():
+            for p in self.meta_tensors.values():
+                p.data = p.data.to(device)
         self._resolve_vectorised()
         return self
 
     # -- parameters ----------------------------------------------------------------------------
     def named_parameters(self):
         """``(name, tensor)`` of everything the outer optimiser updates: the model's parameters,
-        plus whatever else an algorithm meta-learns (PLATIPUS: variances and step sizes)."""
-        return [(k, p) for k, p in self.model.named_parameters() if p.requires_grad]
+        plus whatever else an algorithm meta-learns (``meta_tensors``; PLATIPUS: variances and step sizes)."""
+        return [(k, p) for k, p in self.model.named_parameters() if p.requires_grad] + list(self.meta_tensors.items())
 
     def parameters(self):
         """The meta-parameters the outer optimiser updates."""
@@ -178,7 +187,11 @@ class MetaLearner:
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self):
-        return self.model.state_dict()
+        """The model's state and the ``meta_tensors``, as one flat dict."""
+        return {**self.model.state_dict(), **{k: v.detach().clone() for k, v in self.meta_tensors.items()}}
 
     def load_state_dict(self, state):
-        self.model.load_state_dict(state)
+        self.model.load_state_dict({k: v for k, v in state.items() if k not in self.meta_tensors})
+        with torch.no_grad():
+            for k, p in self.meta_tensors.items():
+                p.copy_(state[k])

@@ -112,6 +112,7 @@ class MAMLPlusPlus(MetaLearner):
         self.inner_lrs = {k: nn.Parameter(torch.full((self.inner_steps,), self.inner_lr, dtype=v.dtype,
                                                      device=v.device))
                           for k, v in self.meta_parameters().items() if k not in self.outer_only} if lslr else {}
+        self.meta_tensors = {f"inner_lr/{k}": p for k, p in self.inner_lrs.items()}
         self.iteration, self.iterations = 0, None
         self._query_set = self.inner_steps - 1
 
@@ -231,25 +232,3 @@ class MAMLPlusPlus(MetaLearner):
                 return super().query_outputs(phi, support_x, query_x)
         with batch_norm_step(self.model, self._query_set, running_stats=True):
             return forward(self.model, phi, query_x)
-
-    # -- meta-parameters beyond the model ------------------------------------------------------
-    def named_parameters(self):
-        """The model's parameters, and LSLR's rates as ``inner_lr/<parameter name>`` (shape [N])."""
-        return super().named_parameters() + [(f"inner_lr/{k}", v) for k, v in self.inner_lrs.items()]
-
-    def to(self, device) -> "MAMLPlusPlus":
-        super().to(device)
-        with torch.no_grad():
-            for p in self.inner_lrs.values():
-                p.data = p.data.to(device)
-        return self
-
-    def state_dict(self):
-        """The model's state (weights, per-step running statistics) and the LSLR rates, as one flat dict."""
-        return {**self.model.state_dict(), **{f"inner_lr/{k}": v.detach().clone() for k, v in self.inner_lrs.items()}}
-
-    def load_state_dict(self, state):
-        self.model.load_state_dict({k: v for k, v in state.items() if not k.startswith("inner_lr/")})
-        with torch.no_grad():
-            for k, p in self.inner_lrs.items():
-                p.copy_(state[f"inner_lr/{k}"])

@@ -47,32 +47,12 @@ class MetaSGD(MAML):
         self.alpha = {k: nn.Parameter(torch.empty_like(v.detach()).uniform_(low, high) if high > low
                                       else torch.full_like(v.detach(), low))
                       for k, v in self.meta_parameters().items()}
+        self.meta_tensors = {f"alpha/{k}": p for k, p in self.alpha.items()}
 
     @property
     def inner_lr(self) -> Params:
         """alpha as the functional core's per-parameter step sizes: U(phi) = phi - alpha ∘ grad L(phi)."""
         return dict(self.alpha)
-
-    def named_parameters(self):
-        """The model's parameters (theta) and alpha, as ``alpha/<parameter name>``."""
-        return super().named_parameters() + [(f"alpha/{k}", v) for k, v in self.alpha.items()]
-
-    def to(self, device) -> "MetaSGD":
-        super().to(device)
-        with torch.no_grad():
-            for p in self.alpha.values():
-                p.data = p.data.to(device)
-        return self
-
-    def state_dict(self):
-        """theta (the model's state) and alpha, as one flat dict."""
-        return {**self.model.state_dict(), **{f"alpha/{k}": v.detach().clone() for k, v in self.alpha.items()}}
-
-    def load_state_dict(self, state):
-        self.model.load_state_dict({k: v for k, v in state.items() if not k.startswith("alpha/")})
-        with torch.no_grad():
-            for k, p in self.alpha.items():
-                p.copy_(state[f"alpha/{k}"])
 
 
 def _check_init(value) -> tuple[float, float]:
