@@ -137,8 +137,9 @@ def check_nearest_centroid_accuracy(g):
     Write `nearest_centroid_accuracy(train_embeddings, train_modes, test_embeddings,
     test_modes)`: average the training tasks' embeddings of each mode (a centroid per mode),
     give each test task the mode of its nearest centroid, and return the share of test tasks
-    given their true mode. Section 8.4 uses it to ask whether MMAML's task encoder tells the
-    function families apart without being told them.
+    given their true mode. Section 8.5 uses it to ask whether MMAML's task encoder tells the
+    function families apart without being told them (and section 8.6 whether the modulation
+    tells the image modes apart).
     """
     for modes, dim, spread in [(2, 3, 3.0), (3, 5, 3.5), (5, 4, 2.5)]:
         centres = 3 * randn(modes, dim, g=g)
