@@ -84,8 +84,10 @@ def check_devices(device: str, log) -> list[dict]:
 def vmap_against_loop(device: str, meta_batches, repeats: int, log) -> list[dict]:
     rows = []
     for meta_batch in meta_batches:
-        for path, vectorise in (("vmap", True), ("loop", False)):
-            spec = dict(OMNIGLOT_SPEC, meta_batch=meta_batch, vectorise=vectorise)
+        # "plain loop": a per-task autograd loop outside the package's paths (mlcourse.profiling.PlainLoop)
+        for path, extra in (("vmap", dict(vectorise=True)), ("loop", dict(vectorise=False)),
+                            ("plain loop", dict(baseline="plain_loop"))):
+            spec = dict(OMNIGLOT_SPEC, meta_batch=meta_batch, **extra)
             result = measure(spec, device, repeats)
             rows.append({"meta_batch": meta_batch, "path": path, "seconds": result["seconds"],
                          "peak_bytes": result["peak_bytes"], "memory_kind": result["memory_kind"]})

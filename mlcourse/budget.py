@@ -32,6 +32,7 @@ class Budget:
     multimodal_iterations: int    # multimodal regression (chapter 8; the MMAML paper: 70,000)
     multimodal_tasks_per_mode: int  # tasks of each mode in a meta-batch (the MMAML paper: 25)
     multimodal_image_iterations: int  # multimodal Omniglot classification (chapter 8)
+    family_iterations: int        # each method of chapter 10's Omniglot table (equal for all)
 
     def as_dict(self):
         return asdict(self)
@@ -42,17 +43,17 @@ BUDGETS = {
                     omniglot_meta_batch=4, omniglot_queries=2, omniglot20_iterations=4, eval_tasks=100, val_every=3, val_tasks=8,
                     timing_repeats=2, reptile_iterations=4, sweep_iterations=30,
                     imaml_iterations=2, multimodal_iterations=400, multimodal_tasks_per_mode=4,
-                    multimodal_image_iterations=4),
+                    multimodal_image_iterations=4, family_iterations=6),
     "default": Budget("default", sinusoid_iterations=15000, sinusoid_meta_batch=25, omniglot_iterations=1500,
                       omniglot_meta_batch=8, omniglot_queries=5, omniglot20_iterations=100, eval_tasks=600, val_every=100, val_tasks=100,
                       timing_repeats=5, reptile_iterations=800, sweep_iterations=2000,
                       imaml_iterations=100, multimodal_iterations=1500, multimodal_tasks_per_mode=10,
-                      multimodal_image_iterations=300),
+                      multimodal_image_iterations=300, family_iterations=500),
     "paper": Budget("paper", sinusoid_iterations=70000, sinusoid_meta_batch=25, omniglot_iterations=60000,
                     omniglot_meta_batch=32, omniglot_queries=15, omniglot20_iterations=60000, eval_tasks=600, val_every=1000,
                     val_tasks=300, timing_repeats=20, reptile_iterations=100000, sweep_iterations=20000,
                     imaml_iterations=12000, multimodal_iterations=70000, multimodal_tasks_per_mode=25,
-                    multimodal_image_iterations=60000),
+                    multimodal_image_iterations=60000, family_iterations=60000),
 }
 
 

@@ -1,8 +1,9 @@
-"""Command line: ``python -m mlcourse reproduce|download|budgets|grade|student-copy``.
+"""Command line: ``python -m mlcourse reproduce|compare|download|budgets|grade|student-copy``.
 
     python -m mlcourse reproduce maml omniglot --ways 5 --shots 1 --budget paper --out result.json
     python -m mlcourse reproduce fomaml sinusoid --shots 10
     python -m mlcourse reproduce maml omniglot --iterations 5000 --checkpoint runs/maml.pt
+    python -m mlcourse compare --budget default --methods maml,protonet --benchmarks omniglot
     python -m mlcourse download omniglot --root ~/data
     python -m mlcourse grade notebooks/02_maml.ipynb
 
@@ -18,12 +19,13 @@ import shlex
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from . import grading
-from .budget import BUDGETS, get_budget
+from .budget import BUDGETS, Budget, get_budget
 from .recipes import BENCHMARKS, METHODS, REGRESSION, run
 from .utils import default_device
 
@@ -60,32 +62,41 @@ def _processes() -> int:
     return world()[1]
 
 
-def _reproduce(args) -> dict:
+def eval_steps(benchmark: str) -> tuple:
+    """Test-time steps scored besides the row's own (see ``_EVAL_STEPS``)."""
+    return _EVAL_STEPS.get(benchmark, (0,) if benchmark in REGRESSION else ())
+
+
+def run_record(method: str, benchmark: str, ways: int | None, shots: int, budget, *, command: str, seed: int = 0,
+               device=None, root=None, protocol: str = "maml", checkpoint=None, checkpoint_every: int = 100,
+               restart: bool = False, iterations: int | None = None, meta_batch: int | None = None,
+               select: str = "last", progress: bool = True) -> tuple[dict, dict]:
+    """Train and score one recipe row (:func:`mlcourse.recipes.run`); return the record that
+    ``reproduce`` writes (``compare`` adds its columns to the same record) and ``run``'s result
+    (the algorithm, its samplers, history). ``select`` is the command line's spelling ("last" or
+    "best-val"); ``command`` is recorded as given."""
     from . import __version__
 
-    budget = get_budget(args.budget)
-    device = torch.device(args.device) if args.device else default_device()
-    out = _check_writable(args.out) if args.out else None
+    budget = get_budget(budget) if not isinstance(budget, Budget) else budget
+    device = torch.device(device) if device is not None else default_device()
     tic = time.perf_counter()
-    ways = None if args.benchmark in REGRESSION else args.ways
-    result = run(args.algorithm, args.benchmark, ways, args.shots, budget, seed=args.seed, device=device,
-                 root=args.data_root, protocol=args.protocol, checkpoint=args.checkpoint,
-                 checkpoint_every=args.checkpoint_every, restart=args.force_restart,
-                 eval_steps=_EVAL_STEPS.get(args.benchmark, (0,) if args.benchmark in REGRESSION else ()),
-                 iterations=args.iterations,
-                 meta_batch=args.meta_batch, select=args.select.replace("-", "_"))
+    ways = None if benchmark in REGRESSION else ways
+    result = run(method, benchmark, ways, shots, budget, seed=seed, device=device, root=root, protocol=protocol,
+                 checkpoint=checkpoint, checkpoint_every=checkpoint_every, restart=restart,
+                 eval_steps=eval_steps(benchmark), iterations=iterations, meta_batch=meta_batch,
+                 select=select.replace("-", "_"), progress=progress)
     history = result["history"]
-    record = {"algorithm": args.algorithm, "benchmark": args.benchmark, "shots": args.shots,
-              "budget": budget.as_dict(), "seed": args.seed, "device": str(device), "hardware": _hardware(device),
+    record = {"algorithm": method, "benchmark": benchmark, "shots": shots,
+              "budget": budget.as_dict(), "seed": seed, "device": str(device), "hardware": _hardware(device),
               "torch": torch.__version__, "python": platform.python_version(), "mlcourse": __version__,
-              "command": "python -m mlcourse " + shlex.join(args.argv), "settings": result["settings"],
+              "command": command, "settings": result["settings"],
               "iterations": len(history["loss"]), "meta_batch": result["meta_batch"],
-              "checkpoint": args.checkpoint, "select": args.select,
+              "checkpoint": None if checkpoint is None else str(checkpoint), "select": select,
               "selected_iteration": history.get("selected_iteration", len(history["loss"])),
               "selected_val": history.get("selected_val"), "processes": _processes()}
     r = result["result"]
-    if args.benchmark == "omniglot":
-        record.update(ways=args.ways, protocol=args.protocol, metric="accuracy_percent", mean=100 * r["mean"],
+    if benchmark == "omniglot":
+        record.update(ways=ways, protocol=protocol, metric="accuracy_percent", mean=100 * r["mean"],
                       ci95=100 * r["ci95"], test_tasks=r["num_tasks"], published=result["published"])
     else:
         record.update(metric="mse", mean=r["mean"], ci95=r["ci95"],  # after the row's own test-time steps
@@ -95,6 +106,18 @@ def _reproduce(args) -> dict:
     record["final_meta_loss"] = history["loss"][-1] if history["loss"] else None
     record["train_seconds"] = history["seconds"]
     record["seconds"] = time.perf_counter() - tic
+    return record, result
+
+
+def _reproduce(args) -> dict:
+    budget = get_budget(args.budget)
+    device = torch.device(args.device) if args.device else default_device()
+    out = _check_writable(args.out) if args.out else None
+    record, _ = run_record(args.algorithm, args.benchmark, args.ways, args.shots, budget,
+                           command="python -m mlcourse " + shlex.join(args.argv), seed=args.seed, device=device,
+                           root=args.data_root, protocol=args.protocol, checkpoint=args.checkpoint,
+                           checkpoint_every=args.checkpoint_every, restart=args.force_restart,
+                           iterations=args.iterations, meta_batch=args.meta_batch, select=args.select)
     if out is not None:
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {out}", file=sys.stderr)
@@ -131,6 +154,24 @@ def _parser() -> argparse.ArgumentParser:
                           "(validation-based checkpoint selection; kept in the checkpoint)")
     rep.add_argument("--out", default=None, help="write the result as JSON here (its folder is created)")
 
+    cmp = sub.add_parser("compare", help="every method of the recipe table on chapter 11's benchmarks; one JSON "
+                                         "per row, resumable")
+    cmp.add_argument("--budget", default=None,
+                     help=f"one of {', '.join(BUDGETS)} (default: $MLCOURSE_BUDGET or default)")
+    cmp.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                     help="only these methods of the recipe table (names separated by spaces or commas; default all)")
+    cmp.add_argument("--benchmarks", nargs="+", default=None, metavar="BENCHMARK",
+                     help="only these: sinusoid, omniglot, or a setting such as sinusoid_5s, omniglot_20w1s "
+                          "(default all)")
+    cmp.add_argument("--out", default=None, help="folder of the row JSONs (default: compare_results/<budget>)")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda when available)")
+    cmp.add_argument("--data-root", default=None, help="folder holding omniglot/ (default: $MLCOURSE_DATA)")
+    cmp.add_argument("--force", action="store_true",
+                     help="compute the selected rows again even when their JSON is on disk")
+    cmp.add_argument("--row-progress", action="store_true",
+                     help="also show each row's training and evaluation progress bars")
+
     dl = sub.add_parser("download", help="download a dataset's archives into a data root")
     dl.add_argument("dataset", choices=("omniglot",))
     dl.add_argument("--root", default=None, help="data root (default: $MLCOURSE_DATA or the user cache)")
@@ -138,6 +179,28 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("budgets", help="print the sizes of each budget")
     grading.add_subcommands(sub)
     return parser
+
+
+def _compare(args) -> int:
+    """Run the comparison; print the folder's table (stdout) and a summary (stderr). Exit status 1
+    when a row was left alone (other settings, unreadable) or failed, after every other row ran."""
+    from . import compare
+
+    budget = get_budget(args.budget)
+    summary = compare.compare(budget, args.methods, args.benchmarks, args.out, seed=args.seed, device=args.device,
+                              root=args.data_root, force=args.force, row_progress=args.row_progress,
+                              command="python -m mlcourse " + shlex.join(args.argv))
+    for line in compare.summary_lines(summary):
+        print(line, file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:  # an unreadable row: one line, not a traceback
+        warnings.simplefilter("always")
+        rows = compare.load_table(summary["out"])
+    for w in caught:
+        if not any(f"{name}.json" in str(w.message) for name in summary["corrupt"]):  # said already
+            print(f"warning: {w.message}", file=sys.stderr)
+    if rows:
+        print(compare.markdown_table(rows))
+    return 1 if compare.needs_attention(summary) else 0
 
 
 def _check_numbers(args):
@@ -181,6 +244,8 @@ def main(argv=None) -> int:
             print(json.dumps(b.as_dict()))
         return 0
     try:
+        if args.command == "compare":
+            return _compare(args)
         if args.command == "download":
             from .tasks.omniglot import download_omniglot
 

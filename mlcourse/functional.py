@@ -10,6 +10,10 @@ taking its gradients:
   PyTorch's own batch norm, whose second-order gradients under vmap are inexact).
 
 Both give the same numbers (``tests/test_maml.py`` checks it); the first is faster.
+
+``forward`` runs the conv net of :mod:`mlcourse.nn` by an explicit function with PyTorch's fused batch
+norm (:mod:`mlcourse.fastpath`: the same function, faster on the per-task path); :func:`task_gradients`
+and :func:`map_tasks` can share the tasks out among threads (opt-in, :func:`set_task_workers`).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from .fastpath import get_task_workers, pure_forward, run_tasks, set_task_workers, task_workers  # noqa: F401
 from .nn import has_torch_batchnorm
 
 Params = Dict[str, torch.Tensor]
@@ -30,7 +35,13 @@ def params_of(model: nn.Module) -> Params:
 
 
 def forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
-    """Run ``model`` with ``params`` in place of its own parameters (buffers stay the model's)."""
+    """Run ``model`` with ``params`` in place of its own parameters (buffers stay the model's).
+
+    The conv net of :mod:`mlcourse.nn` runs by :func:`mlcourse.fastpath.convnet_forward` (the same
+    function, with fused batch norm outside ``torch.func`` transforms); other models by ``functional_call``."""
+    explicit = pure_forward(model)
+    if explicit is not None:
+        return explicit(model, params, x)
     return functional_call(model, params, (x,), strict=False)
 
 
@@ -73,7 +84,10 @@ def _grads_vectorised(loss_of: Callable[[Params], torch.Tensor], params: Params,
 def _grads_autograd(loss_of: Callable[[Params], torch.Tensor], params: Params, create_graph: bool) -> Params:
     with torch.enable_grad():
         # A step taken under no_grad (evaluation) leaves tensors that need re-attaching as leaves.
-        leaves = {k: (v if v.requires_grad else v.detach().requires_grad_()) for k, v in params.items()}
+        # Each entry gets a node of its own (a view), so that the gradient is the partial derivative
+        # in that entry even when some entries were computed from others (ProtoMAML's head from the
+        # embedding's parameters), as torch.func.grad on the vectorised path takes it.
+        leaves = {k: (v.view_as(v) if v.requires_grad else v.detach().requires_grad_()) for k, v in params.items()}
         loss = loss_of(leaves)
         grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph)
     return dict(zip(leaves.keys(), grads))
@@ -167,7 +181,9 @@ def choose_vectorised(model: nn.Module, vectorise, device=None) -> bool:
     second-order gradients under vmap are wrong and their running statistics are updated in
     place) and, on the CPU, for convolutional models: there vmap runs per-task weights as one
     grouped convolution over all tasks, which measured 1.6-2x slower than the loop on a 2-core
-    CPU (benchmarks/README.md). Everything else, and convolutions on a GPU, take vmap.
+    CPU (benchmarks/README.md); the loop is also where the conv net's fused batch norm and the task
+    threads apply. Everything else, and convolutions on a GPU, take vmap (for MAML on the MLP, vmap's
+    place is taken by the tasks folded into the batch dimension, :mod:`mlcourse.fastpath`).
     """
     if vectorise == "auto":
         if has_torch_batchnorm(model):
@@ -187,15 +203,41 @@ def choose_vectorised(model: nn.Module, vectorise, device=None) -> bool:
     raise ValueError(f"vectorise={vectorise!r} is unknown: allowed 'auto', True or False")
 
 
-def map_tasks(per_task: Callable, vectorised: bool, *task_tensors: torch.Tensor, chunk_size=None):
+def map_tasks(per_task: Callable, vectorised: bool, *task_tensors: torch.Tensor, chunk_size=None,
+              workers: int = 1):
     """Apply ``per_task(*tensors_of_one_task)`` to every task (dim 0) and stack the results.
 
     Vectorised with ``vmap`` (in chunks of ``chunk_size`` tasks if given, to bound memory) or
-    as a loop over tasks; ``per_task`` may return a tensor, or tuples and dicts of tensors.
+    as a loop over tasks, shared out among ``workers`` threads if more than 1 (``per_task`` must
+    then be thread-safe: see :func:`mlcourse.fastpath.workers_for`); ``per_task`` may return a
+    tensor, or tuples and dicts of tensors.
     """
     if vectorised:
         return vmap(per_task, chunk_size=chunk_size, randomness="different")(*task_tensors)
-    return _stack([per_task(*(t[i] for t in task_tensors)) for i in range(task_tensors[0].shape[0])])
+    return _stack(run_tasks(lambda i: per_task(*(t[i] for t in task_tensors)), task_tensors[0].shape[0], workers))
+
+
+def task_gradients(task_loss: Callable, params: Params, *task_tensors: torch.Tensor, workers: int = 1):
+    """``(mean_i L_i, {name: mean_i dL_i/d params[name]})`` with ``L_i = task_loss(*tensors of task i)``.
+
+    The gradient of the mean of the task losses, taken task by task (each task's graph is freed before
+    the next is built, so memory does not grow with the meta-batch), in ``workers`` threads if more than 1.
+    Parameters no task loss depends on are left out of the dict."""
+    names, leaves = list(params), list(params.values())
+
+    def one(i):
+        with torch.enable_grad():
+            loss = task_loss(*(t[i] for t in task_tensors))
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        return loss.detach(), grads
+
+    results = run_tasks(one, task_tensors[0].shape[0], workers)
+    n = len(results)
+    total: list = [None] * len(leaves)
+    for _, grads in results:  # summed in task order: the same numbers whatever the threads
+        total = [t if g is None else (g if t is None else t + g) for t, g in zip(total, grads)]
+    losses = torch.stack([loss for loss, _ in results])
+    return losses.mean(), {k: t / n for k, t in zip(names, total) if t is not None}
 
 
 def _stack(outs: list):

@@ -85,10 +85,11 @@ class ConvNet(nn.Module):
     ``pool="max"`` uses stride 1 and 2x2 max-pooling (its miniImageNet net, there with
     ``hidden=32``). The last feature map is averaged over space, so the head sees ``hidden``
     features whatever the image size. ``film=True`` puts a :class:`FiLM` layer after each batch
-    norm, before the ReLU (MMAML's modulated conv net).
+    norm, before the ReLU (MMAML's modulated conv net). ``ways=None`` builds it without the head:
+    its output is then the ``hidden``-dimensional embedding (the metric-based learners' network).
     """
 
-    def __init__(self, ways: int, in_channels: int = 1, hidden: int = 64, blocks: int = 4,
+    def __init__(self, ways: int | None, in_channels: int = 1, hidden: int = 64, blocks: int = 4,
                  pool: str = "stride", batch_norm: type[nn.Module] = BatchNorm, film: bool = False):
         super().__init__()
         if pool not in ("stride", "max"):
@@ -103,10 +104,11 @@ class ConvNet(nn.Module):
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
             channels = hidden
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(hidden, ways)
+        self.head = nn.Linear(hidden, ways) if ways is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(-2, -1)))
+        embedding = self.features(x).mean(dim=(-2, -1))
+        return embedding if self.head is None else self.head(embedding)
 
 
 def has_torch_batchnorm(model: nn.Module) -> bool:
@@ -230,3 +232,83 @@ def use_per_step_batch_norm(model: nn.Module, steps: int, per_step_weights: bool
             if type(child) is BatchNorm:
                 setattr(parent, child_name, PerStepBatchNorm.from_batch_norm(child, steps, per_step_weights))
     return model
+
+
+class RelationModule(nn.Module):
+    """The Relation Network's g (Sung et al., 2018, sec. 3.2): the relation score in (0, 1) of a pair
+    of feature vectors, concatenated: ``[..., 2 * features] -> [...]``.
+
+    The paper's module reads concatenated feature maps with two conv blocks (conv, batch norm, ReLU), then
+    a hidden layer of ``hidden`` = 8 units and a sigmoid output. Our embedding is already a vector (the conv
+    net averages over space), so a linear layer of ``features`` units with batch norm (over all the pairs
+    it is given, as the paper's blocks normalise over their batch) stands in for the two conv blocks."""
+
+    def __init__(self, features: int, hidden: int = 8):
+        super().__init__()
+        for name, value in (("features", features), ("hidden", hidden)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is out of range: allowed an integer >= 1")
+        self.net = nn.Sequential(nn.Linear(2 * features, features), BatchNorm(features), nn.ReLU(),
+                                 nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        scores = self.net(pairs.reshape(-1, pairs.shape[-1]))  # batch norm's channels are dim 1
+        return torch.sigmoid(scores).reshape(pairs.shape[:-1])
+
+
+class CausalAttention(nn.Module):
+    """SNAIL's attention block (Mishra et al., 2018, sec. 3): soft attention of each step over itself and
+    the steps before it (a causal mask), its ``value`` read-out appended to the input features."""
+
+    def __init__(self, features: int, key: int, value: int):
+        super().__init__()
+        self.query, self.key = nn.Linear(features, key), nn.Linear(features, key)
+        self.value = nn.Linear(features, value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [batch, steps, features]
+        scores = self.query(x) @ self.key(x).transpose(-1, -2) / self.key.out_features ** 0.5
+        steps = x.shape[-2]
+        future = torch.ones(steps, steps, dtype=torch.bool, device=x.device).triu(1)
+        weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        return torch.cat([x, weights @ self.value(x)], dim=-1)
+
+
+class TemporalConvolutions(nn.Module):
+    """SNAIL's TC block: causal convolutions of kernel 2 with growing dilations, each a gated activation
+    tanh(f) * sigmoid(g) of ``filters`` channels appended to its input (a dense block)."""
+
+    def __init__(self, features: int, filters: int, dilations=(1, 2, 4, 8)):
+        super().__init__()
+        self.dilations = tuple(int(d) for d in dilations)
+        self.convs = nn.ModuleList(nn.Conv1d(features + i * filters, 2 * filters, 2, dilation=d)
+                                   for i, d in enumerate(self.dilations))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [batch, steps, features]
+        for d, conv in zip(self.dilations, self.convs):
+            h = conv(nn.functional.pad(x.transpose(-1, -2), (d, 0)))  # left padding: step t sees t - d and t
+            f, g = h.chunk(2, dim=-2)
+            x = torch.cat([x, (torch.tanh(f) * torch.sigmoid(g)).transpose(-1, -2)], dim=-1)
+        return x
+
+
+class SNAILSequence(nn.Module):
+    """A small SNAIL over a sequence of example tokens: attention, temporal convolutions, attention, then
+    a linear read-out per step (``[batch, steps, in_features] -> [batch, steps, outputs]``). The paper's
+    Omniglot model interleaves three attention and two TC blocks of more channels; this one is sized for
+    a CPU."""
+
+    def __init__(self, in_features: int, outputs: int, key: int = 16, value: int = 16, filters: int = 32,
+                 dilations=(1, 2, 4, 8)):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("outputs", outputs), ("key", key), ("value", value),
+                        ("filters", filters)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r} is out of range: allowed an integer >= 1")
+        width = in_features + value
+        self.blocks = nn.Sequential(CausalAttention(in_features, key, value),
+                                    TemporalConvolutions(width, filters, dilations),
+                                    CausalAttention(width + filters * len(tuple(dilations)), key, value))
+        self.readout = nn.Linear(width + filters * len(tuple(dilations)) + value, outputs)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.blocks(tokens))

@@ -13,8 +13,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .algorithms import IMAML, LLAMA, MAML, Pretrained, Reptile
 from .budget import Budget, get_budget
@@ -43,10 +46,14 @@ class Recipe:
     meta_batch_divisor: int = 1               # 20-way runs halve the 5-way meta-batch
     meta_batch_multiplier: int = 1            # multimodal runs: the budget's tasks per mode times the modes
     train_shots: int | None = None            # train on this many shots whatever K is tested (Reptile)
-    train_queries: int | None = None          # query examples per class in training (None: the budget's)
+    train_queries: int | dict | None = None   # query examples per class in training (None: the budget's;
+                                              # a dict: by the number of shots trained, as Relation Networks)
+    train_ways: int | None = None             # classes per training task (None: ways; ProtoNets train 60-way)
     transductive: bool = True                 # how batch norm sees the query set at test time
     validate: bool = True                     # evaluate on the validation split during training
     seeded: bool = False                      # the class takes ``seed`` (its own generator)
+    network: Callable | None = None           # network(benchmark) -> the model (None: the benchmark's)
+    loss: Callable | None = None              # loss_fn(prediction, target) (None: the benchmark's)
     notes: tuple = field(default=())
 
     def key(self):
@@ -241,9 +248,86 @@ def _mmaml() -> list[Recipe]:
     return rows
 
 
+def embedding_network(benchmark: str) -> nn.Module:
+    """The benchmark's network without its output layer, for learners that put their own head on it: the
+    conv net's embedding (its 64 features averaged over space), or the sinusoid MLP's 40 ReLU features."""
+    if benchmark == "omniglot":
+        return ConvNet(None)
+    if benchmark == "sinusoid":
+        return nn.Sequential(MLP([1, 40, 40]), nn.ReLU())
+    raise ValueError(f"no embedding network for benchmark {benchmark!r}: allowed omniglot, sinusoid")
+
+
+EMBEDDING_FEATURES = {"omniglot": 64, "sinusoid": 40}
+
+# The wider family (chapter 10). Metric-based learners classify by comparing embeddings and have no
+# regression form, so they have no sinusoid row (recipe() then says which rows exist); R2-D2's ridge head,
+# ANIL's head-only inner loop and SNAIL's sequence model all regress, so they have one. Rows without an inner
+# loop have inner_steps = 0 (the command line's sinusoid scores after 1 and 10 steps equal the one at 0).
+# ProtoNets (Snell et al. 2017, sec. 3.1): Euclidean distance; training episodes of 60 classes with 5 queries
+# each, one episode per update (for the 5- and 20-way tests alike); Adam 1e-3 halved every 2000 episodes.
+_PROTONET = dict(inner_steps=0, lr_halving_every=2000)
+# Matching Networks (Vinyals et al. 2016, sec. 4.1): training episodes like the test's (N-way, K-shot); without
+# full-context embeddings. Optimiser (Adam 1e-3), meta-batch and iterations: ours (MAML's budget).
+_MATCHING = dict(inner_steps=0)
+# Relation Networks (Sung et al. 2018, sec. 4.1): one episode per update with 19 queries per class (5-way
+# 1-shot) or 10 (20-way 1-shot); Adam 1e-3; MSE to the one-hot labels; g's last hidden layer of 8 units.
+_RELATION = dict(inner_steps=0, features=64, hidden=8)
+# sec. 4.1: 19 queries per class for 5-way 1-shot, 15 for 5-way 5-shot, 10 for 20-way 1-shot, 5 for 20-way 5-shot
+_RELATION_QUERIES = {5: {1: 19, 5: 15}, 20: {1: 10, 5: 5}}
+# R2-D2 (Bertinetto et al. 2019, sec. 3.2): ridge head through the Woodbury identity; scale, offset and lambda
+# meta-learned (starts lambda = 1, scale = 1: ours); our conv net's embedding in place of the paper's larger
+# features; Adam 1e-3, meta-batch and iterations: ours (MAML's budget).
+_R2D2 = dict(inner_steps=0, init_lambda=1.0, learn_lambda=True)
+# Proto-MAML (Triantafillou et al. 2020, sec. 3): the paper's experiments are on Meta-Dataset, so the inner
+# loop here is MAML's Omniglot one (Finn et al. 2017, app. A.1), second order (the paper's fo-Proto-MAML is
+# first order for Meta-Dataset's cost): the comparison with MAML isolates the prototype initialisation.
+# ANIL (Raghu et al. 2020, sec. 4): MAML's hyperparameters, the inner loop on the output layer only.
+# SNAIL (Mishra et al. 2018, sec. 4.1): each query is read after the labelled support set; our sequence model
+# is smaller than the paper's (nn.SNAILSequence); Adam 1e-3, meta-batch and iterations: ours (MAML's budget).
+
+
+def _family() -> list[Recipe]:
+    from .algorithms import ANIL, R2D2, SNAIL, MatchingNet, ProtoMAML, ProtoNet, RelationNet
+    from .algorithms.relation_net import relation_mse
+
+    rows = [
+        Recipe("r2d2", "sinusoid", None, R2D2, _R2D2, "Bertinetto et al. 2019, sec. 3.2 (ridge regression as "
+               "its own regression head; sizes MAML's)", network=embedding_network, **_SIN),
+        Recipe("anil", "sinusoid", None, ANIL, _MAML_SINUSOID, "Raghu et al. 2020, sec. 4 (MAML's settings)",
+               **_SIN),
+        Recipe("snail", "sinusoid", None, SNAIL, dict(inner_steps=0, features=40, outputs=1),
+               "Mishra et al. 2018, sec. 3 (tokens [f(x), y, 1]; small sequence model and sizes ours)",
+               network=embedding_network, **_SIN),
+    ]
+    for ways in (5, 20):
+        iterations = _OMNI[ways]["iterations"]
+        rows += [
+            Recipe("protonet", "omniglot", ways, ProtoNet, _PROTONET, "Snell et al. 2017, sec. 3.1",
+                   network=embedding_network, train_ways=60, train_queries=5, meta_batch=1, iterations=iterations),
+            Recipe("matching-net", "omniglot", ways, MatchingNet, _MATCHING,
+                   "Vinyals et al. 2016, sec. 4.1 (no full-context embeddings; optimiser and sizes ours)",
+                   network=embedding_network, **_OMNI[ways]),
+            Recipe("relation-net", "omniglot", ways, RelationNet, _RELATION,
+                   "Sung et al. 2018, sec. 4.1 (g on feature vectors, not maps)", network=embedding_network,
+                   loss=relation_mse, train_queries=_RELATION_QUERIES[ways], meta_batch=1, iterations=iterations),
+            Recipe("r2d2", "omniglot", ways, R2D2, _R2D2, "Bertinetto et al. 2019, sec. 3.2 (net and sizes ours)",
+                   network=embedding_network, **_OMNI[ways]),
+            Recipe("protomaml", "omniglot", ways, ProtoMAML, _MAML_OMNIGLOT[ways],
+                   "Triantafillou et al. 2020, sec. 3, with MAML's Omniglot inner loop (Finn et al. 2017, "
+                   "app. A.1)", network=embedding_network, **_OMNI[ways]),
+            Recipe("anil", "omniglot", ways, ANIL, _MAML_OMNIGLOT[ways], "Raghu et al. 2020, sec. 4 (MAML's "
+                   "settings)", **_OMNI[ways]),
+            Recipe("snail", "omniglot", ways, SNAIL, dict(inner_steps=0, features=64, outputs=ways),
+                   "Mishra et al. 2018, sec. 4.1 (small sequence model and sizes ours)", network=embedding_network,
+                   **_OMNI[ways]),
+        ]
+    return rows
+
+
 RECIPES: dict[tuple, Recipe] = {r.key(): r for r in [*_maml_family(), *_llama(), *_reptile(), *_imaml(),
                                                      *_bmaml(), *_platipus(), *_maml_plus_plus(), *_meta_sgd(),
-                                                     *_mmaml()]}
+                                                     *_mmaml(), *_family()]}
 METHODS = tuple(dict.fromkeys(r.method for r in RECIPES.values()))
 BENCHMARKS = ("omniglot", "sinusoid", *MULTIMODAL_BENCHMARKS)
 REGRESSION = ("sinusoid", *MULTIMODAL_BENCHMARKS)  # benchmarks scored by MSE, with no ways
@@ -289,8 +373,8 @@ def build_algorithm(method: str, benchmark: str, ways: int | None = 5, seed: int
     hyper = {**row.hyperparameters, **overrides}
     if row.seeded:
         hyper["seed"] = seed
-    return row.algorithm(make_model(benchmark, row.ways), loss_function(benchmark), transductive=row.transductive,
-                         **hyper)
+    model = row.network(benchmark) if row.network is not None else make_model(benchmark, row.ways)
+    return row.algorithm(model, row.loss or loss_function(benchmark), transductive=row.transductive, **hyper)
 
 
 def test_sampler(benchmark: str, ways: int | None, shots: int, root=None, protocol: str = "maml",
@@ -327,7 +411,9 @@ def build(method: str, benchmark: str, ways: int | None = 5, shots: int = 1, bud
         from .tasks import Omniglot
 
         queries = row.train_queries or budget.omniglot_queries
-        train = Omniglot(ways, train_shots, queries, "train", root=root, protocol=protocol)
+        if isinstance(queries, dict):  # by the shots trained; other shots: as many as the 20 drawings allow
+            queries = queries.get(train_shots, min(max(queries.values()), 20 - train_shots))
+        train = Omniglot(row.train_ways or ways, train_shots, queries, "train", root=root, protocol=protocol)
         val = test_sampler(benchmark, ways, shots, root, protocol, "val") if row.validate else None
     test = test_sampler(benchmark, ways, shots, root, protocol)
     torch.manual_seed(seed)  # the model's initialisation
@@ -336,6 +422,8 @@ def build(method: str, benchmark: str, ways: int | None = 5, shots: int = 1, bud
                 "train_shots": train_shots, "protocol": protocol if benchmark not in REGRESSION else None,
                 "seed": seed, "budget": budget.name, "meta_batch": meta_batch, "outer_lr": row.outer_lr,
                 "hyperparameters": {**row.hyperparameters, **overrides}}
+    if row.train_ways is not None:  # only where set, so that existing checkpoints' settings still match
+        settings["train_ways"] = row.train_ways
     return {"recipe": row, "algorithm": algorithm, "train": train, "val": val, "test": test,
             "iterations": iterations, "meta_batch": meta_batch, "budget": budget, "settings": settings}
 

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..fastpath import run_tasks, workers_for
 from ..functional import Params, forward, inner_loop
 from ..functional import axpy
 from ..implicit import (DEFAULT_HVP, HVP_METHODS, CGNotConvergedWarning, conjugate_gradient,
@@ -179,8 +180,13 @@ class IMAML(MetaLearner):
         theta = self.meta_parameters()
         total = {k: torch.zeros_like(v) for k, v in theta.items()}
         losses, iterations, residuals = [], [], []
-        for sx, sy, qx, qy in zip(*batch):
-            loss, g, iters, residual = self.task_meta_gradient(sx, sy, qx, qy, theta)
+        # one task after another, or in threads when set_task_workers says so (only with double-backward
+        # Hessian products: forward-mode AD, which the Gauss-Newton and forward-over-reverse products use,
+        # fails in a second thread); summed in task order
+        threadable = self.curvature == "hessian" and self.hvp_method == "double_backward"
+        per_task = run_tasks(lambda i: self.task_meta_gradient(*(t[i] for t in batch), theta), batch.num_tasks,
+                             workers_for(self.model) if threadable else 1)
+        for loss, g, iters, residual in per_task:
             total = {k: total[k] + g[k] for k in total}
             losses.append(loss)
             iterations.append(iters)

@@ -6,7 +6,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..functional import SGD, Adam, Params, forward, inner_loop
+from ..fastpath import workers_for
+from ..functional import SGD, Adam, Params, forward, inner_loop, map_tasks
 from ..utils import check_int, check_positive
 from ..tasks.base import TaskBatch
 from .base import MetaLearner
@@ -149,8 +150,9 @@ class Reptile(MetaLearner):
             return weights, state, self.loss_fn(forward(self.model, weights, qx), qy)
 
         extra = () if indices is None else (indices,)
-        with torch.no_grad():
-            weights, states, query_losses = self.map_tasks(per_task, *batch, *extra)
+        with torch.no_grad():  # the tasks share nothing: in threads when set_task_workers says so
+            weights, states, query_losses = map_tasks(per_task, self.vectorised, *batch, *extra,
+                                                      chunk_size=self.chunk_size, workers=workers_for(self.model))
         if self.carry_inner_state:
             self.inner_state = {k: v.mean(0) for k, v in states.items()}
         direction = {k: theta[k] - weights[k].mean(0) for k in theta}
