@@ -135,11 +135,13 @@ from test_chapter6 import PLANTED as _CHAPTER6_PLANTED  # noqa: E402
 from test_chapter7 import PLANTED as _CHAPTER7_PLANTED  # noqa: E402
 from test_chapter8 import PLANTED as _CHAPTER8_PLANTED  # noqa: E402
 from test_chapter9 import PLANTED as _CHAPTER9_PLANTED  # noqa: E402
+from test_chapter10 import PLANTED as _CHAPTER10_PLANTED  # noqa: E402
 
 PLANTED.update(_CHAPTER6_PLANTED)
 PLANTED.update(_CHAPTER7_PLANTED)
 PLANTED.update(_CHAPTER8_PLANTED)
 PLANTED.update(_CHAPTER9_PLANTED)
+PLANTED.update(_CHAPTER10_PLANTED)
 
 
 def test_registry_is_complete():
