@@ -23,8 +23,8 @@ def support_targets(support_y: torch.Tensor, dtype: torch.dtype, who: str, regre
     if support_y.dtype.is_floating_point:
         if not regression:
             raise ValueError(f"{who} classifies: support_y holds real-valued targets ({support_y.dtype}, shape "
-                             f"{tuple(support_y.shape)}), and a metric over embeddings has no regression form "
-                             "(chapter 10): use a regression learner (R2D2, SNAIL, MAML)")
+                             f"{tuple(support_y.shape)}), but it compares queries with class labels and outputs "
+                             "class scores (chapter 10): use a regression learner (R2D2, SNAIL, MAML)")
         return support_y.to(dtype)
     if support_y.numel() == 0 or int(support_y.min()) < 0:
         raise ValueError(f"support_y must hold class labels 0..N-1 with at least one example, got "

@@ -89,7 +89,7 @@ def ridge_head_solution(X, Y, lam):
     Returns the (d, c) matrix W.
     """
     n = X.shape[0]
-    gram = X @ X.T + lam * torch.eye(n, dtype=X.dtype)
+    gram = X @ X.T + lam * torch.eye(n, dtype=X.dtype, device=X.device)
     return X.T @ torch.linalg.solve(gram, Y)
 
 
