@@ -144,3 +144,27 @@ def check_directional_finite_differences(alg, batch, eps=1e-7, trials=3, seed=1)
         for (_, p), b in zip(named, base):
             p.copy_(b)
     return grads
+
+
+def check_exercise_registry(chapter: int, module, planted: dict, notebook: str):
+    """A chapter's exercises are registered once, under the ids of ``planted``, in its module, and
+    the chapter's notebook is the one the cells generator writes into."""
+    from mlcourse.exercises import ALL, exercises_for
+    from mlcourse.exercises.cells import NOTEBOOKS
+
+    exercises = exercises_for(chapter)
+    assert set(planted) == {ex.id for ex in exercises}
+    assert NOTEBOOKS[chapter] == notebook
+    for ex in exercises:
+        assert ALL[ex.id] is ex and getattr(module, ex.check.__name__) is ex.check
+
+
+def check_planted_mistakes(ex_id: str, planted: dict):
+    """Exercise ``ex_id``'s check passes its solution and explains each planted mistake."""
+    from mlcourse.exercises import ALL
+
+    ex = ALL[ex_id]
+    assert ex.check(ex.solution, verbose=False).passed
+    for wrong, phrase in planted[ex_id]:
+        result = ex.check(wrong, verbose=False)
+        assert not result.passed and phrase in result.message, result.message

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from mlcourse.algorithms import MatchingNet, ProtoNet
 from mlcourse.algorithms.r2d2 import ridge_weights
-from mlcourse.exercises import ALL, ch10, exercises_for
-from mlcourse.exercises.cells import NOTEBOOKS
+from mlcourse.exercises import ch10
 from mlcourse.tasks import TaskBatch
 
-from _helpers import check_notebook_embeds_cells, check_stored_exercise_cells  # noqa: E402
+from _helpers import (check_exercise_registry, check_notebook_embeds_cells,  # noqa: E402
+                      check_planted_mistakes, check_stored_exercise_cells)
 
 SETUP = {"math": math, "torch": torch, "F": F}
 CHAPTER = 10
@@ -50,20 +50,12 @@ PLANTED = {
 
 
 def test_registry_has_chapter_10():
-    exercises = exercises_for(CHAPTER)
-    assert set(PLANTED) == {ex.id for ex in exercises}
-    assert NOTEBOOKS[CHAPTER] == "10_the_family.ipynb"
-    for ex in exercises:
-        assert ALL[ex.id] is ex and getattr(ch10, ex.check.__name__) is ex.check
+    check_exercise_registry(CHAPTER, ch10, PLANTED, "10_the_family.ipynb")
 
 
 @pytest.mark.parametrize("ex_id", list(PLANTED))
 def test_checks_pass_solutions_and_explain_planted_mistakes(ex_id):
-    ex = ALL[ex_id]
-    assert ex.check(ex.solution, verbose=False).passed
-    for wrong, phrase in PLANTED[ex_id]:
-        result = ex.check(wrong, verbose=False)
-        assert not result.passed and phrase in result.message, result.message
+    check_planted_mistakes(ex_id, PLANTED)
 
 
 class _Identity(torch.nn.Module):

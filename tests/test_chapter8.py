@@ -12,14 +12,14 @@ import torch.nn.functional as F
 
 from mlcourse.algorithms import MAML, MMAML, MultiMAML
 from mlcourse.analysis.embedding import nearest_centroid_accuracy, pca_2d
-from mlcourse.exercises import ALL, ch8, exercises_for
-from mlcourse.exercises.cells import NOTEBOOKS
+from mlcourse.exercises import ch8
 from mlcourse.modulation import Modulator, SetEncoder
 from mlcourse.nn import MLP, FiLM
 from mlcourse.tasks import ImageModes, TaskBatch
 
 matplotlib.use("Agg")
-from _helpers import check_notebook_embeds_cells, check_stored_exercise_cells  # noqa: E402
+from _helpers import (check_exercise_registry, check_notebook_embeds_cells,  # noqa: E402
+                      check_stored_exercise_cells)
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = {"torch": torch, "F": F}
@@ -35,11 +35,7 @@ PLANTED = {
 
 
 def test_registry_has_chapter_8():
-    exercises = exercises_for(CHAPTER)
-    assert set(PLANTED) == {ex.id for ex in exercises}
-    assert NOTEBOOKS[CHAPTER] == "08_mmaml.ipynb"
-    for ex in exercises:
-        assert ALL[ex.id] is ex and getattr(ch8, ex.check.__name__) is ex.check
+    check_exercise_registry(CHAPTER, ch8, PLANTED, "08_mmaml.ipynb")
 
 
 def test_exercise_solutions_agree_with_the_package():

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 
 from mlcourse.algorithms import MAML, MAMLPlusPlus, MetaSGD
 from mlcourse.algorithms.maml_plus_plus import cosine_annealing_factor, multi_step_loss_weights
-from mlcourse.exercises import ALL, ch9, exercises_for
-from mlcourse.exercises.cells import NOTEBOOKS
+from mlcourse.exercises import ch9
 from mlcourse.nn import ConvNet, PerStepBatchNorm, batch_norm_step
 from mlcourse.tasks import TaskBatch
 
 matplotlib.use("Agg")
-from _helpers import check_notebook_embeds_cells, check_stored_exercise_cells  # noqa: E402
+from _helpers import (check_exercise_registry, check_notebook_embeds_cells,  # noqa: E402
+                      check_planted_mistakes, check_stored_exercise_cells)
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = {"math": math, "torch": torch, "F": F}
@@ -62,20 +62,12 @@ PLANTED = {
 
 
 def test_registry_has_chapter_9():
-    exercises = exercises_for(CHAPTER)
-    assert set(PLANTED) == {ex.id for ex in exercises}
-    assert NOTEBOOKS[CHAPTER] == "09_maml_plus_plus.ipynb"
-    for ex in exercises:
-        assert ALL[ex.id] is ex and getattr(ch9, ex.check.__name__) is ex.check
+    check_exercise_registry(CHAPTER, ch9, PLANTED, "09_maml_plus_plus.ipynb")
 
 
 @pytest.mark.parametrize("ex_id", list(PLANTED))
 def test_checks_pass_solutions_and_explain_planted_mistakes(ex_id):
-    ex = ALL[ex_id]
-    assert ex.check(ex.solution, verbose=False).passed
-    for wrong, phrase in PLANTED[ex_id]:
-        result = ex.check(wrong, verbose=False)
-        assert not result.passed and phrase in result.message, result.message
+    check_planted_mistakes(ex_id, PLANTED)
 
 
 def test_exercise_solutions_agree_with_the_package():

@@ -161,7 +161,14 @@ class MetaLearner:
 
     # -- the outer loop ------------------------------------------------------------------------
     def meta_loss(self, batch: TaskBatch) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} defines neither meta_loss nor meta_gradient")
+        """mean_i L_i^test(U^k(theta)), MAML's objective (eq. 1-2) for whatever ``adapt`` does:
+        differentiable w.r.t. the meta-parameters through the adaptation."""
+        theta = self.meta_parameters()
+
+        def query_loss(sx, sy, qx, qy):
+            return self.loss_fn(forward(self.model, self.adapt(sx, sy, theta), qx), qy)
+
+        return self.map_tasks(query_loss, *batch).mean()
 
     def meta_gradient(self, batch: TaskBatch):
         """(meta-loss, {name: its gradient w.r.t. theta}); algorithms whose direction is not a loss's

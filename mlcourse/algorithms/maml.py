@@ -41,15 +41,6 @@ class MAML(MetaLearner):
         self.inner_steps = check_int("inner_steps", inner_steps, 1)
         self.first_order = bool(first_order)
 
-    def meta_loss(self, batch: TaskBatch) -> torch.Tensor:
-        """mean_i L_i^test(U^k(theta)): differentiable w.r.t. ``model.parameters()``."""
-        theta = self.meta_parameters()
-
-        def query_loss(sx, sy, qx, qy):
-            return self.loss_fn(forward(self.model, self.adapt(sx, sy, theta), qx), qy)
-
-        return self.map_tasks(query_loss, *batch).mean()
-
     def meta_gradient(self, batch: TaskBatch):
         """(meta-loss, its gradient w.r.t. theta), by the fastest of three equivalent computations:
 
@@ -90,5 +81,5 @@ class MAML(MetaLearner):
 
     def _plain_maml_objective(self) -> bool:
         cls = type(self)
-        return (cls.meta_loss is MAML.meta_loss and cls.inner_update is MetaLearner.inner_update
+        return (cls.meta_loss is MetaLearner.meta_loss and cls.inner_update is MetaLearner.inner_update
                 and cls.support_loss is MetaLearner.support_loss and cls.adapt is MetaLearner.adapt)

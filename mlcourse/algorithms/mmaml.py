@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..functional import SGD, forward, inner_loop
+from ..functional import SGD, inner_loop
 from ..modulation import Modulator, film_layers, make_encoder
 from ..tasks.base import TaskBatch
 from ..utils import check_int, check_positive
@@ -84,15 +84,6 @@ class MMAML(MetaLearner):
         phi = inner_loop(lambda p: self.support_loss({**p, **tau}, support_x, support_y), theta,
                          self.inner_lr, steps, self.first_order, self.vectorised, self.inner_optimizer)
         return {**phi, **tau}
-
-    def meta_loss(self, batch: TaskBatch) -> torch.Tensor:
-        """mean_j L(f(x; theta'_j, tau_j); D^val_j), differentiable w.r.t. theta and omega."""
-        theta = self.meta_parameters()
-
-        def query_loss(sx, sy, qx, qy):
-            return self.loss_fn(forward(self.model, self.adapt(sx, sy, theta), qx), qy)
-
-        return self.map_tasks(query_loss, *batch).mean()
 
     def meta_gradient(self, batch: TaskBatch):
         loss, grads = super().meta_gradient(batch)

@@ -68,7 +68,7 @@ class ProtoMAML(MAML):
         return vmap(lambda x: self.outputs(phi, torch.cat([support_x, x.unsqueeze(0)]))[-1])(query_x)
 
     def meta_loss(self, batch: TaskBatch) -> torch.Tensor:
-        """MAML's mean_i L_i^test(phi_i), with the tasks' one-hot labels passed to ``adapt``."""
+        """MAML's mean_i L_i^test(phi_i), scored through each task's own head (``query_outputs``)."""
         theta = self.meta_parameters()
         extras = self.task_extras(batch, self.inner_steps)
 
