@@ -5,6 +5,7 @@ defines here, never asking an algorithm what it can do. A new method subclasses 
 overrides what differs from MAML; every method of the contract has a default:
 
 =======================================  ====================================================
+``meta_loss(batch)``                     default: mean_i L_i^test(adapt(task i)), MAML's
 ``meta_gradient(batch)``                 ``(loss, {name: grad})``; default: autograd of
                                          ``meta_loss(batch)``
 ``outer_optimizer(params, outer_lr)``    the outer update; default Adam with step ``outer_lr``
@@ -41,7 +42,8 @@ class MetaLearner:
     """Base class: holds ``model`` (whose parameters are the meta-parameters theta) and ``loss_fn``.
 
     A subclass sets ``inner_lr`` and ``inner_steps`` (and ``first_order``) or overrides
-    ``inner_update``, and defines ``meta_loss(batch)`` or ``meta_gradient(batch)``.
+    ``inner_update``; ``meta_loss(batch)`` defaults to MAML's objective (the mean query loss after
+    ``adapt``), and an algorithm whose objective differs overrides it or ``meta_gradient(batch)``.
 
     ``vectorise``: "auto" (see :func:`mlcourse.functional.choose_vectorised`: vmap over tasks
     except for PyTorch batch-norm layers, and for convolutions on the CPU), True (vmap) or False
