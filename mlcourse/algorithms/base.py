@@ -5,7 +5,7 @@ defines here, never asking an algorithm what it can do. A new method subclasses 
 overrides what differs from MAML; every method of the contract has a default:
 
 =======================================  ====================================================
-``meta_loss(batch)``                     default: mean_i L_i^test(adapt(task i)), MAML's
+``meta_loss(batch)``                     default: MAML's, mean_i L_i^test(adapt(task i))
 ``meta_gradient(batch)``                 ``(loss, {name: grad})``; default: autograd of
                                          ``meta_loss(batch)``
 ``outer_optimizer(params, outer_lr)``    the outer update; default Adam with step ``outer_lr``
