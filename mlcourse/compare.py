@@ -20,7 +20,8 @@ benchmark (e.g. one that has only Omniglot rows, on the sinusoid) is listed as s
 
 :func:`load_table` reads a folder back into one list of rows for the notebook;
 :func:`markdown_table` and :func:`html_table` render it, :func:`accuracy_vs_time` and
-:func:`accuracy_vs_memory` plot it.
+:func:`accuracy_vs_memory` plot it, :func:`pareto_front` and :func:`leaders` read it. The table the
+book shows is committed in ``reference_runs/comparison/<budget>/`` (:func:`committed_folder`).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from pathlib import Path
 import torch
 
 from .budget import Budget, get_budget
+from .published import published
 from .recipes import METHODS, RECIPES, Recipe
 from .train import CheckpointError
 from .utils import default_device
@@ -457,8 +459,9 @@ def load_table(folder, reference: bool = True) -> list[dict]:
     """Every row JSON in ``folder`` as one flat dict per row, ordered by setting then method.
 
     Keys: method, setting, label, benchmark, ways, shots, metric ("accuracy_percent" or "mse"),
-    mean, ci95, test_tasks, published (``{"mean", "ci95"}`` or None), reference (a reference run's
-    recorded figure or None; with ``reference`` looked up again now, so a run added since shows),
+    mean, ci95, test_tasks, published (``{"mean", "ci95"}`` or None, looked up again in
+    :mod:`mlcourse.published`), reference (a reference run's recorded figure or None; with
+    ``reference`` looked up again now, so a run added since shows),
     seconds_per_iteration, peak_mb, memory_kind, device, hardware, torch, budget, seed,
     iterations, meta_batch, train_seconds, wall_seconds, path. A file that cannot be read is left
     out with a warning naming it."""
@@ -488,26 +491,31 @@ def load_table(folder, reference: bool = True) -> list[dict]:
                           "table; delete it, or compute it again with `python -m mlcourse compare --force`",
                           stacklevel=2)
             continue
+        if entry["setting"] in SETTINGS:  # a figure added (or corrected) since the row was made shows
+            entry["published"] = published(entry["method"], entry["benchmark"], entry["ways"], entry["shots"])
         if runs is not None and entry["setting"] in SETTINGS:
             entry["reference"] = reference_figure(Row(entry["method"], entry["setting"]), runs) or entry["reference"]
         table.append(entry)
     return sorted(table, key=_order)
 
 
-def _figure(mean, ci95, metric) -> str:
+def figure(mean, ci95, metric) -> str:
+    """``"94.14 ± 0.42"`` (accuracy %, two decimals) or ``"0.0141 ± 0.011"`` (MSE, three significant digits
+    and two for the interval, so that an MSE of 0.001 does not print as 0.001 ± 0.000)."""
     if mean is None:
         return "—"
-    digits = 2 if metric != "mse" else 3
-    return f"{mean:.{digits}f}" + ("" if ci95 is None else f" ± {ci95:.{digits}f}")
+    if metric == "mse":
+        return f"{mean:.3g}" + ("" if ci95 is None else f" ± {ci95:.2g}")
+    return f"{mean:.2f}" + ("" if ci95 is None else f" ± {ci95:.2f}")
 
 
 def _cells(row: dict) -> list[str]:
     ref = row["reference"]
-    reference = "—" if not ref else (_figure(ref["mean"], ref["ci95"], row["metric"])
+    reference = "—" if not ref else (figure(ref["mean"], ref["ci95"], row["metric"])
                                      + (f" ({ref['iterations']:,} it.)" if ref.get("iterations") else ""))
     published = row["published"] or {}
-    return [row["label"], row["method"], _figure(row["mean"], row["ci95"], row["metric"]),
-            _figure(published.get("mean"), published.get("ci95"), row["metric"]), reference,
+    return [row["label"], row["method"], figure(row["mean"], row["ci95"], row["metric"]),
+            figure(published.get("mean"), published.get("ci95"), row["metric"]), reference,
             f"{row['seconds_per_iteration']:.3g}", f"{row['peak_mb']:.1f}"]
 
 
@@ -525,11 +533,14 @@ def caption(rows: list[dict]) -> str:
             f"{values('hardware')} (torch {values('torch')}), memory: {values('memory_kind')}")
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """The table as Markdown (what the notebook shows)."""
+def markdown_table(rows: list[dict], with_caption: bool = True, with_setting: bool = True) -> str:
+    """The table as Markdown (what the notebook shows), with :func:`caption` above it unless told not to;
+    ``with_setting=False`` leaves out the first column (for a table of one setting under its heading)."""
     from .notebook import markdown_table as render
 
-    return render(HEADER, [_cells(r) for r in rows], caption=caption(rows) if rows else None)
+    first = 0 if with_setting else 1
+    return render(HEADER[first:], [_cells(r)[first:] for r in rows],
+                  caption=caption(rows) if rows and with_caption else None)
 
 
 def html_table(rows: list[dict]) -> str:
@@ -542,6 +553,7 @@ def html_table(rows: list[dict]) -> str:
 
 def _tradeoff(rows: list[dict], x: str, xlabel: str, settings=None, cols: int = 3):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     from .plots import grid
 
@@ -549,21 +561,37 @@ def _tradeoff(rows: list[dict], x: str, xlabel: str, settings=None, cols: int = 
     if not settings:
         raise ValueError("no rows to plot: load a folder written by `python -m mlcourse compare` first")
     fig, axes = grid(len(settings), cols=min(cols, len(settings)))
-    colours = plt.get_cmap("tab20")
+    colours, markers = plt.get_cmap("tab20"), "os^Dv<>PXh"  # a (colour, marker) pair per method
     for ax, setting in zip(axes, settings):
-        chosen = [r for r in rows if r["setting"] == setting]
-        for r in chosen:  # a method keeps its colour from panel to panel
-            colour = colours(_order(r)[1] % 20)
-            ax.errorbar(r[x], r["mean"], yerr=r["ci95"], fmt="o", color=colour, capsize=3)
-            ax.annotate(r["method"], (r[x], r["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=8)
+        chosen = sorted((r for r in rows if r["setting"] == setting), key=lambda r: r[x])
+        errors = [error_of(r) for r in chosen]  # lower is better on both benchmarks
+        for i, (r, y) in enumerate(zip(chosen, errors)):  # a method keeps its colour from panel to panel
+            index = _order(r)[1]
+            ci = r["ci95"] or 0.0
+            below = min(ci, 0.999 * y)  # a log axis has no 0: a bar reaching past it is cut at the axis
+            ax.errorbar(r[x], y, yerr=[[below], [ci]], fmt=markers[index % len(markers)],
+                        color=colours(index % 20), capsize=3)
+            # labels of neighbours in x alternate above and below their points, to overlap less
+            ax.annotate(r["method"], (r[x], y), textcoords="offset points", xytext=(4, 3 if i % 2 else -10),
+                        fontsize=8)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        positive = [e for e in errors if e > 0]
+        if positive:
+            ax.set_ylim(min(positive) / 2, max(e + (r["ci95"] or 0) for r, e in zip(chosen, errors)) * 1.5)
         values = [r[x] for r in chosen if r[x] > 0]
         if len(values) == len(chosen):
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.02, 0.05, 0.1, ...: labels
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))       # that never run into each other
+            ax.xaxis.set_minor_formatter(NullFormatter())
         else:  # a figure below the measure's resolution is 0: linear near it, logarithmic beyond
             ax.set_xscale("symlog", linthresh=min(values) if values else 1.0)
         ax.set_xlabel(xlabel)
         mse = chosen[0]["metric"] == "mse"
-        ax.set_ylabel("query MSE (lower is better)" if mse else "accuracy % (higher is better)")
+        ax.set_ylabel("query MSE (lower is better)" if mse else "error % = 100 - accuracy (lower is better)")
         ax.set_title(setting_label(setting) if setting in SETTINGS else setting, fontsize=10)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -571,13 +599,114 @@ def _tradeoff(rows: list[dict], x: str, xlabel: str, settings=None, cols: int = 
 
 
 def accuracy_vs_time(rows: list[dict], settings=None, cols: int = 3):
-    """Result against seconds per meta-iteration (log scale), one point per method, a panel per setting."""
+    """Result against seconds per meta-iteration, one point per method, a panel per setting: the error
+    (query MSE, or 100 minus the accuracy in %) with its 95% interval, both axes logarithmic, so that
+    98% and 99% accuracy are as far apart as 80% and 90%, and lower is better on every panel."""
     return _tradeoff(rows, "seconds_per_iteration", "seconds per meta-iteration", settings, cols)
 
 
 def accuracy_vs_memory(rows: list[dict], settings=None, cols: int = 3):
-    """Result against peak memory of a meta-iteration (MB, log scale), one point per method, a panel per setting."""
+    """Result against peak memory of a meta-iteration (MB), drawn as :func:`accuracy_vs_time` draws it."""
     return _tradeoff(rows, "peak_mb", "peak memory of a meta-iteration (MB)", settings, cols)
+
+
+# -- reading the table: what is worth picking ---------------------------------------------------------------------
+
+def error_of(row: dict) -> float:
+    """The row's figure as an error, lower is better: the MSE, or 100 minus the accuracy in %."""
+    return row["mean"] if row["metric"] == "mse" else 100.0 - row["mean"]
+
+
+def pareto_front(rows: list[dict], cost: str = "seconds_per_iteration") -> list[dict]:
+    """The rows of one setting that no other row dominates in ``cost`` and :func:`error_of`.
+
+    Row i is dominated when some row j is no worse in both (``cost`` and error) and strictly better
+    in one; rows with equal cost and error do not dominate each other (exercise 11.3). Returned in
+    order of increasing cost."""
+    if len({r["setting"] for r in rows}) > 1:
+        raise ValueError("pareto_front compares the rows of one setting: select them first, e.g. "
+                         "[r for r in rows if r['setting'] == 'omniglot_5w1s']")
+    points = [(r[cost], error_of(r)) for r in rows]
+
+    def dominated(i):
+        ci, ei = points[i]
+        return any(cj <= ci and ej <= ei and (cj < ci or ej < ei) for cj, ej in points)
+
+    return sorted((r for i, r in enumerate(rows) if not dominated(i)), key=lambda r: (r[cost], error_of(r)))
+
+
+def leaders(rows: list[dict]) -> list[dict]:
+    """The rows of one setting statistically tied with its best: those whose difference from the best
+    row lies within that difference's 95% interval, taken as sqrt(ci_best^2 + ci_row^2) (exercise 11.1).
+    The rows of a setting are tested on the same tasks, for which a paired interval would be narrower
+    (exercise 11.2); the rows keep no per-task scores, so this is the conservative, unpaired test. Best
+    first (equal errors: the cheaper per meta-iteration first); a row without an interval is tied with
+    no other."""
+    if not rows:
+        return []
+    if len({r["setting"] for r in rows}) > 1:
+        raise ValueError("leaders compares the rows of one setting: select them first")
+    ranked = sorted(rows, key=lambda r: (error_of(r), r.get("seconds_per_iteration", 0.0)))
+    best = ranked[0]
+
+    def tied(r):
+        if r is best:
+            return True
+        if best["ci95"] is None or r["ci95"] is None:
+            return False
+        return error_of(r) - error_of(best) <= (best["ci95"] ** 2 + r["ci95"] ** 2) ** 0.5
+
+    return [r for r in ranked if tied(r)]
+
+
+# -- the table the book shows ---------------------------------------------------------------------------------------
+
+COMMITTED = "comparison"  # reference_runs/comparison/<budget>/: the rows chapter 11 shows, committed
+
+
+def committed_folder(budget: str = "default", download: bool = True) -> Path:
+    """The committed comparison of ``budget``: ``<reference runs>/comparison/<budget>/`` (the reference
+    runs' folder, :func:`mlcourse.reference.folder`). Where it is absent (the package installed by pip,
+    e.g. in Colab) its rows are downloaded from the book's repository, row by row of :func:`plan` (a row
+    the repository does not have, HTTP 404, is skipped), into a ``.part`` folder renamed when all are in:
+    an interrupted download leaves no half table behind."""
+    from . import reference
+
+    where = reference.folder() / COMMITTED / budget
+    if where.is_dir() or not download:
+        return where
+    import shutil
+    import urllib.error
+    import urllib.request
+
+    from .notebook import REPOSITORY_URL
+
+    make = f"make it with `python -m mlcourse compare --budget {budget} --out {where}`"
+    partial = where.with_name(where.name + ".part")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        for row in plan()[0]:
+            url = f"{REPOSITORY_URL}/raw/main/reference_runs/{COMMITTED}/{budget}/{row.name}.json"
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    _write_atomically(partial / f"{row.name}.json", json.loads(response.read()))
+            except urllib.error.HTTPError as err:
+                if err.code == 404:  # a row that the committed table does not have
+                    continue
+                raise
+        if not any(partial.iterdir()):
+            raise FileNotFoundError(f"the book's repository has no committed comparison for budget {budget!r}: "
+                                    f"{make}")
+        partial.rename(where)
+    except (OSError, ValueError) as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise FileNotFoundError(f"the committed comparison ({budget}) is not in {where} and could not be "
+                                f"downloaded ({err}); set ${reference.ENV} to a folder that holds "
+                                f"{COMMITTED}/{budget}/, or {make}") from None
+    return where
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -600,4 +729,5 @@ def needs_attention(summary: dict) -> bool:
 
 
 __all__ = ["SETTINGS", "BENCHMARKS", "Row", "plan", "identity", "check_row", "compute_row", "compare", "load_table",
-           "markdown_table", "html_table", "accuracy_vs_time", "accuracy_vs_memory", "reference_figure"]
+           "markdown_table", "html_table", "accuracy_vs_time", "accuracy_vs_memory", "reference_figure", "figure",
+           "error_of", "pareto_front", "leaders", "committed_folder"]

@@ -95,7 +95,8 @@ def finish(glue_name: str = "running_minutes") -> None:
         from myst_nb import glue
     except ImportError:  # outside the book's environment nothing needs the glued value
         return
-    glue(glue_name, max(1, round(minutes)), display=False)  # an int: rendered without quotes
+    # a number renders without quotes; one decimal under ten minutes, so that 1.5 min is not "1"
+    glue(glue_name, round(minutes, 1) if minutes < 10 else round(minutes), display=False)
 
 
 def glue(name: str, value, display: bool = False) -> None:

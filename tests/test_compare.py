@@ -146,6 +146,8 @@ def test_the_table_and_figures_show_every_row(folder):
     assert [(r["method"], r["setting"]) for r in rows] == [("fomaml", s) for s in SETTINGS]
     text = compare.markdown_table(rows)
     assert text.count("| fomaml |") == len(SETTINGS) and "budget smoke" in text
+    bare = compare.markdown_table(rows[:1], with_caption=False, with_setting=False)
+    assert bare.startswith("| method |") and "budget smoke" not in bare and rows[0]["label"] not in bare
     assert compare.html_table(rows).count("<tr>") == len(SETTINGS) + 1  # header and rows
     for plot in (compare.accuracy_vs_time, compare.accuracy_vs_memory):
         fig = plot(rows)
@@ -164,3 +166,127 @@ def test_an_unusable_checkpoint_of_a_row_is_reported_not_overwritten(tmp_path, c
     lines = [line for line in capsys.readouterr().err.splitlines() if "fomaml_sinusoid_5s not run" in line]
     assert len(lines) == 1 and str(damaged) in lines[0] and "--force" in lines[0], lines
     assert damaged.read_bytes() == b"not a checkpoint" and not (out / "fomaml_sinusoid_5s.json").exists()
+
+
+def _row(method, mean, ci95, cost, setting="omniglot_5w1s", metric="accuracy_percent", peak_mb=None):
+    return {"method": method, "setting": setting, "metric": metric, "mean": mean, "ci95": ci95,
+            "seconds_per_iteration": cost, "peak_mb": cost if peak_mb is None else peak_mb}
+
+
+def test_pareto_front_keeps_the_undominated_rows_cheapest_first():
+    rows = [_row("a", 99.0, 0.2, 1.0), _row("b", 98.0, 0.2, 0.5), _row("c", 97.0, 0.2, 0.7),  # c: b beats it
+            _row("d", 99.0, 0.2, 1.0), _row("e", 99.5, 0.2, 3.0), _row("f", 99.5, 0.2, 4.0)]  # d ties a; e beats f
+    assert [r["method"] for r in compare.pareto_front(rows)] == ["b", "a", "d", "e"]
+    mse = [_row("x", 0.5, 0.1, 2.0, "sinusoid_5s", "mse", peak_mb=5.0),
+           _row("y", 0.9, 0.1, 1.0, "sinusoid_5s", "mse", peak_mb=1.0),
+           _row("z", 1.0, 0.1, 3.0, "sinusoid_5s", "mse", peak_mb=0.5)]  # lower MSE is better
+    assert [r["method"] for r in compare.pareto_front(mse)] == ["y", "x"]  # in time z is dominated
+    assert [r["method"] for r in compare.pareto_front(mse, cost="peak_mb")] == ["z", "y", "x"]  # in memory not
+    with pytest.raises(ValueError, match="one setting"):
+        compare.pareto_front(rows + mse)
+
+
+def test_leaders_are_the_rows_tied_with_the_best():
+    rows = [_row("a", 98.0, 0.3, 1), _row("b", 99.0, 0.3, 1), _row("c", 98.6, 0.3, 1), _row("d", 98.9, None, 1)]
+    # b is best; c is 0.4 behind, within sqrt(0.3^2 + 0.3^2) = 0.42; a is 1.0 behind; d, 0.1 behind, has no
+    # interval (read as 0 it would be tied)
+    assert [r["method"] for r in compare.leaders(rows)] == ["b", "c"]
+    assert [r["method"] for r in compare.leaders([_row("p", 99.0, None, 1), _row("q", 98.99, 0.3, 1)])] == ["p"]
+    tie = [_row("dear", 99.0, 0.3, 2.0), _row("cheap", 99.0, 0.3, 1.0)]  # equal results: the cheaper first
+    assert [r["method"] for r in compare.leaders(tie)] == ["cheap", "dear"]
+    mse = [_row("x", 0.50, 0.05, 1, "sinusoid_5s", "mse"), _row("y", 0.45, 0.02, 1, "sinusoid_5s", "mse")]
+    assert [r["method"] for r in compare.leaders(mse)] == ["y", "x"]
+
+
+def test_committed_folder_is_under_the_reference_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv(reference.ENV, str(tmp_path))
+    assert compare.committed_folder("default", download=False) == tmp_path / "comparison" / "default"
+    (tmp_path / "comparison" / "smoke").mkdir(parents=True)
+    assert compare.committed_folder("smoke") == tmp_path / "comparison" / "smoke"  # present: nothing fetched
+
+
+COMMITTED = compare.committed_folder("default", download=False)
+
+
+@pytest.mark.skipif(not COMMITTED.is_dir(), reason="no committed comparison in this checkout")
+def test_the_committed_table_is_what_the_command_makes_now():
+    """Every committed row was made with today's recipe row, budget sizes and seed (a change to either
+    makes the row stale: regenerate it with the command in its JSON), and the table reads back whole."""
+    from mlcourse.budget import get_budget
+
+    budget = get_budget("default")
+    files = sorted(COMMITTED.glob("*.json"))
+    assert files
+    for path in files:
+        record = json.loads(path.read_text())
+        row = compare.Row(record["algorithm"], record["setting"])
+        assert path.name == f"{row.name}.json"
+        state, message = compare.check_row(path, compare.identity(row, budget, record["seed"],
+                                                                   compare.torch.device(record["device"])))
+        assert state == "done", message
+    assert len(compare.load_table(COMMITTED)) == len(files)
+
+
+def test_committed_folder_downloads_the_rows_the_repository_has(tmp_path, monkeypatch):
+    """Without the folder (pip-installed package, Colab) the rows are fetched one by one; rows the
+    repository lacks are skipped, and a repository with none gives one message with the command."""
+    import io
+    import urllib.error
+    import urllib.request
+
+    served = {"maml_sinusoid_5s.json": {"algorithm": "maml"}, "protonet_omniglot_5w1s.json": {"x": 1}}
+
+    def fake_urlopen(url, timeout=None):
+        name = url.rsplit("/", 1)[-1]
+        assert "/raw/main/reference_runs/comparison/" in url
+        if name not in served:
+            raise urllib.error.HTTPError(url, 404, "Not Found", None, None)
+        return io.BytesIO(json.dumps(served[name]).encode())
+
+    monkeypatch.setenv(reference.ENV, str(tmp_path / "runs"))
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    where = compare.committed_folder("default")
+    assert sorted(p.name for p in where.iterdir()) == sorted(served)
+    assert json.loads((where / "maml_sinusoid_5s.json").read_text()) == {"algorithm": "maml"}
+    served.clear()
+    with pytest.raises(FileNotFoundError, match="python -m mlcourse compare --budget smoke"):
+        compare.committed_folder("smoke")
+    assert sorted(p.name for p in (tmp_path / "runs" / "comparison").iterdir()) == ["default"]
+
+
+@pytest.mark.parametrize("failure", ["network", "server"])
+def test_an_interrupted_download_of_the_committed_table_leaves_nothing(tmp_path, monkeypatch, failure):
+    """A network error, or a server error (not a 404), after the first row: an error naming the folder, and no
+    half table that a later call would take for the whole one."""
+    import io
+    import urllib.error
+    import urllib.request
+
+    calls = []
+
+    def flaky_urlopen(url, timeout=None):
+        calls.append(url)
+        if len(calls) == 1:
+            return io.BytesIO(b'{"algorithm": "maml"}')
+        if failure == "network":
+            raise urllib.error.URLError("connection reset")
+        raise urllib.error.HTTPError(url, 503, "Service Unavailable", None, None)
+
+    monkeypatch.setenv(reference.ENV, str(tmp_path))
+    monkeypatch.setattr(urllib.request, "urlopen", flaky_urlopen)
+    with pytest.raises(FileNotFoundError, match="could not be downloaded"):
+        compare.committed_folder("default")
+    assert len(calls) == 2 and not any((tmp_path / "comparison").iterdir())
+
+
+def test_load_table_looks_the_published_figure_up_again(folder, tmp_path):
+    """A row made before a published figure was added (or corrected) shows today's figure."""
+    from mlcourse.published import published
+
+    rows = _copy(folder, tmp_path)
+    for path in rows.glob("*.json"):
+        record = json.loads(path.read_text())
+        record["published"] = {"mean": 1.0, "ci95": None}
+        path.write_text(json.dumps(record))
+    for r in compare.load_table(rows):
+        assert r["published"] == published(r["method"], r["benchmark"], r["ways"], r["shots"])

@@ -136,12 +136,14 @@ from test_chapter7 import PLANTED as _CHAPTER7_PLANTED  # noqa: E402
 from test_chapter8 import PLANTED as _CHAPTER8_PLANTED  # noqa: E402
 from test_chapter9 import PLANTED as _CHAPTER9_PLANTED  # noqa: E402
 from test_chapter10 import PLANTED as _CHAPTER10_PLANTED  # noqa: E402
+from test_chapter11 import PLANTED as _CHAPTER11_PLANTED  # noqa: E402
 
 PLANTED.update(_CHAPTER6_PLANTED)
 PLANTED.update(_CHAPTER7_PLANTED)
 PLANTED.update(_CHAPTER8_PLANTED)
 PLANTED.update(_CHAPTER9_PLANTED)
 PLANTED.update(_CHAPTER10_PLANTED)
+PLANTED.update(_CHAPTER11_PLANTED)
 
 
 def test_registry_is_complete():

@@ -1,6 +1,6 @@
-"""Graded exercises of chapters 1-5, with checks that explain a wrong answer and hidden solutions.
+"""Graded exercises of every chapter, with checks that explain a wrong answer and hidden solutions.
 
-Each chapter's module (``ch1`` ... ``ch5``) holds, per exercise, the reference solution
+Each chapter's module (``ch1`` ... ``ch11``) holds, per exercise, the reference solution
 (``<name>_solution``), a check ``check_<name>(fn)`` that runs a student's function against an
 independent reference on seeded random cases, and the registry ``EXERCISES``. A check is
 declared once, with :func:`~mlcourse.exercises.checking.exercise` on the generator of its cases
@@ -13,10 +13,10 @@ A check never raises on a wrong answer (only a TypeError when given something th
 function). ``ALL`` maps every exercise id ("2.1", ...) to its :class:`Exercise`;
 :mod:`mlcourse.grading` grades a whole notebook with them.
 """
-from . import ch1, ch2, ch3, ch4, ch5, ch6, ch7, ch8, ch9, ch10
+from . import ch1, ch2, ch3, ch4, ch5, ch6, ch7, ch8, ch9, ch10, ch11
 from .checking import CheckResult, Exercise
 
-CHAPTERS = {1: ch1, 2: ch2, 3: ch3, 4: ch4, 5: ch5, 6: ch6, 7: ch7, 8: ch8, 9: ch9, 10: ch10}
+CHAPTERS = {1: ch1, 2: ch2, 3: ch3, 4: ch4, 5: ch5, 6: ch6, 7: ch7, 8: ch8, 9: ch9, 10: ch10, 11: ch11}
 
 ALL: dict[str, Exercise] = {}
 for _module in CHAPTERS.values():
@@ -29,4 +29,4 @@ def exercises_for(chapter: int) -> list[Exercise]:
 
 
 __all__ = ["ALL", "CHAPTERS", "CheckResult", "Exercise", "exercises_for",
-           "ch1", "ch2", "ch3", "ch4", "ch5", "ch6", "ch7", "ch8", "ch9", "ch10"]
+           "ch1", "ch2", "ch3", "ch4", "ch5", "ch6", "ch7", "ch8", "ch9", "ch10", "ch11"]

@@ -31,7 +31,8 @@ from .checking import Exercise
 NOTEBOOKS = {1: "01_few_shot_learning.ipynb", 2: "02_maml.ipynb", 3: "03_reptile.ipynb",
              4: "04_hierarchical_bayes.ipynb", 5: "05_imaml.ipynb",
              6: "06_bmaml.ipynb", 7: "07_platipus.ipynb", 8: "08_mmaml.ipynb",
-             9: "09_maml_plus_plus.ipynb", 10: "10_the_family.ipynb"}
+             9: "09_maml_plus_plus.ipynb", 10: "10_the_family.ipynb",
+             11: "11_comparison.ipynb"}
 WIDTH = 88  # the longest line a notebook cell may hold
 # The chapters already end with a "## Exercises" section of slider exercises; whoever inserts
 # these cells after it may prefer "## Graded exercises" here (then regenerate the JSON files).
