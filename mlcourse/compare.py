@@ -561,7 +561,7 @@ def _tradeoff(rows: list[dict], x: str, xlabel: str, settings=None, cols: int = 
     if not settings:
         raise ValueError("no rows to plot: load a folder written by `python -m mlcourse compare` first")
     fig, axes = grid(len(settings), cols=min(cols, len(settings)))
-    colours, markers = plt.get_cmap("tab20"), "os^Dv<>PXh"  # a (colour, marker) pair per method
+    colours, markers = plt.get_cmap("tab20"), "os^Dv<>"  # 20 colours, 7 markers: 140 distinct pairs
     for ax, setting in zip(axes, settings):
         chosen = sorted((r for r in rows if r["setting"] == setting), key=lambda r: r[x])
         errors = [error_of(r) for r in chosen]  # lower is better on both benchmarks
