@@ -463,8 +463,9 @@ def load_table(folder, reference: bool = True) -> list[dict]:
     :mod:`mlcourse.published`), reference (a reference run's recorded figure or None; with
     ``reference`` looked up again now, so a run added since shows),
     seconds_per_iteration, peak_mb, memory_kind, device, hardware, torch, budget, seed,
-    iterations, meta_batch, train_seconds, wall_seconds, path. A file that cannot be read is left
-    out with a warning naming it."""
+    iterations, meta_batch, train_seconds, wall_seconds, path, results (the figure after each number
+    of test-time steps the row was scored with, keyed by the steps as a string). A file that cannot
+    be read is left out with a warning naming it."""
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -485,7 +486,8 @@ def load_table(folder, reference: bool = True) -> list[dict]:
                      "peak_mb": r["peak_bytes"] / 2**20, "memory_kind": r["memory_kind"], "device": r["device"],
                      "hardware": r["hardware"], "torch": r["torch"], "budget": r["budget"]["name"], "seed": r["seed"],
                      "iterations": r["iterations"], "meta_batch": r["meta_batch"], "train_seconds": r["train_seconds"],
-                     "wall_seconds": r.get("wall_seconds"), "path": str(path)}
+                     "wall_seconds": r.get("wall_seconds"), "path": str(path),
+                     "results": r.get("results")}
         except (OSError, ValueError, KeyError, TypeError) as err:
             warnings.warn(f"{path} is not a readable comparison row ({type(err).__name__}: {err}): left out of the "
                           "table; delete it, or compute it again with `python -m mlcourse compare --force`",

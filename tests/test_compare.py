@@ -186,6 +186,23 @@ def test_pareto_front_keeps_the_undominated_rows_cheapest_first():
         compare.pareto_front(rows + mse)
 
 
+def test_pareto_front_agrees_with_the_exercise_solution():
+    """The package's front (rows, used by chapter 11) and exercise 11.3's (tensors) are the same set."""
+    import torch
+
+    from mlcourse.exercises.ch11 import pareto_front_solution
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(30):
+        m = int(torch.randint(1, 12, (), generator=g))
+        cost = torch.randint(1, 5, (m,), generator=g).double()
+        accuracy = torch.randint(90, 95, (m,), generator=g).double()
+        rows = [_row(f"m{i}", accuracy[i].item(), 0.1, cost[i].item()) for i in range(m)]
+        front = {r["method"] for r in compare.pareto_front(rows)}
+        expected = pareto_front_solution(cost, 100 - accuracy)
+        assert front == {f"m{i}" for i in range(m) if expected[i]}
+
+
 def test_leaders_are_the_rows_tied_with_the_best():
     rows = [_row("a", 98.0, 0.3, 1), _row("b", 99.0, 0.3, 1), _row("c", 98.6, 0.3, 1), _row("d", 98.9, None, 1)]
     # b is best; c is 0.4 behind, within sqrt(0.3^2 + 0.3^2) = 0.42; a is 1.0 behind; d, 0.1 behind, has no
