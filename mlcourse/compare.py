@@ -414,6 +414,11 @@ def compare(budget: Budget | str | None = None, methods=None, benchmarks=None, o
     bar = tqdm(pending, desc=f"compare ({budget.name})", unit="row", file=sys.stderr, disable=not pending)
     for row in bar:
         bar.set_postfix_str(row.name)
+        if not force:  # another process on the same folder may have finished it meanwhile
+            state, _ = check_row(out / f"{row.name}.json", identity(row, budget, seed, device))
+            if state == "done":
+                summary["done"].append(row.name)
+                continue
         checkpoint = checkpoints / f"{row.name}.pt"
         checkpoints.mkdir(exist_ok=True)
         try:

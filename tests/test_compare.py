@@ -7,6 +7,7 @@ import matplotlib
 import pytest
 
 from mlcourse import cli, compare, recipes, reference
+from mlcourse.budget import get_budget
 
 HAVE_OMNIGLOT = bool(os.environ.get("MLCOURSE_DATA"))
 SETTINGS = ["sinusoid_5s", *(["omniglot_5w1s"] if HAVE_OMNIGLOT else [])]
@@ -113,6 +114,32 @@ def test_force_computes_the_row_again(folder, tmp_path, monkeypatch):
     assert calls == ["fomaml_sinusoid_5s"] and summary["computed"] == calls
     assert json.loads((out / "fomaml_sinusoid_5s.json").read_text())["mean"] == 123.0
     assert not list(out.glob(".*.tmp"))  # written atomically: no temporary file left
+
+
+def test_a_row_finished_by_another_process_meanwhile_is_not_computed(tmp_path, monkeypatch):
+    # two processes on one folder: the second row is written (by "the other process") while this
+    # process computes the first, after it made its plan
+    out = tmp_path / "rows"
+    budget = get_budget("smoke")
+    device = compare._check_device("cpu")
+    rows, _ = compare.plan(["fomaml"], ["sinusoid_5s", "sinusoid_10s"])
+    first, second = rows
+
+    def record(row):
+        return {"row": row.name, "compare": {"identity": compare.identity(row, budget, 0, device)}}
+
+    calls = []
+
+    def fake(row, *args, **kwargs):
+        calls.append(row.name)
+        (out / f"{second.name}.json").write_text(json.dumps(record(second)))
+        return record(row)
+
+    monkeypatch.setattr(compare, "compute_row", fake)
+    summary = compare.compare("smoke", ["fomaml"], ["sinusoid_5s", "sinusoid_10s"], out, device="cpu",
+                              log=print)
+    assert calls == [first.name]
+    assert summary["computed"] == [first.name] and summary["done"] == [second.name]
 
 
 @pytest.mark.parametrize("args,message", [
