@@ -684,7 +684,6 @@ def committed_folder(budget: str = "default", download: bool = True) -> Path:
         return where
     import shutil
     import urllib.error
-    import urllib.request
 
     from .notebook import REPOSITORY_URL
 
@@ -695,9 +694,10 @@ def committed_folder(budget: str = "default", download: bool = True) -> Path:
     try:
         for row in plan()[0]:
             url = f"{REPOSITORY_URL}/raw/main/reference_runs/{COMMITTED}/{budget}/{row.name}.json"
+            target = partial / f"{row.name}.json"
             try:
-                with urllib.request.urlopen(url, timeout=60) as response:
-                    _write_atomically(partial / f"{row.name}.json", json.loads(response.read()))
+                reference.download(url, target)
+                json.loads(target.read_text())  # a row that is not JSON fails the whole download
             except urllib.error.HTTPError as err:
                 if err.code == 404:  # a row that the committed table does not have
                     continue

@@ -46,6 +46,20 @@ def names(where: Path | None = None) -> list[str]:
     return sorted(p.stem for p in where.glob("*.json") if p.with_suffix(".pt").exists())
 
 
+def download(url: str, target: Path) -> None:
+    """Copy ``url`` to ``target`` atomically (through ``TARGET.part``): an interrupted download
+    leaves nothing that a later call would take for the whole file. Errors (``OSError``, including
+    ``urllib.error.HTTPError``) are the caller's to explain."""
+    partial = target.with_name(target.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            out.write(response.read())
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(target)
+
+
 def _fetch(name: str, where: Path) -> None:
     """Download ``NAME.json`` and ``NAME.pt`` from the book's repository (atomically)."""
     where.mkdir(parents=True, exist_ok=True)
@@ -54,15 +68,11 @@ def _fetch(name: str, where: Path) -> None:
         if target.exists():
             continue
         url = f"{REPOSITORY_URL}/raw/main/reference_runs/{name}{suffix}"
-        partial = target.with_name(target.name + ".part")
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-                out.write(response.read())
+            download(url, target)
         except OSError as err:
-            partial.unlink(missing_ok=True)
             raise FileNotFoundError(f"reference run {name!r} is not in {where} and could not be downloaded "
                                     f"from {url} ({err}); set ${ENV} to a folder that holds it") from None
-        partial.replace(target)
 
 
 def record(name: str, where: Path | None = None) -> dict:
