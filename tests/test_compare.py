@@ -334,3 +334,19 @@ def test_load_table_looks_the_published_figure_up_again(folder, tmp_path):
         path.write_text(json.dumps(record))
     for r in compare.load_table(rows):
         assert r["published"] == published(r["method"], r["benchmark"], r["ways"], r["shots"])
+
+
+def test_reference_figure_takes_the_best_of_several_runs_of_a_row():
+    def run(name, mean, shots=5, metric="accuracy_percent"):
+        return {"name": name, "mean": mean, "ci95": 0.1, "metric": metric, "iterations": 100, "meta_batch": 8,
+                "settings": {"method": "maml", "benchmark": "omniglot", "ways": 5, "shots": shots,
+                             "protocol": "maml", "budget": "default"}}
+
+    runs = [run("maml_omniglot_5w5s", 99.16), run("maml_omniglot_5w5s_mb32", 99.40),
+            run("maml_omniglot_5w1s", 99.9, shots=1)]
+    assert compare.reference_figure(compare.Row("maml", "omniglot_5w5s"), runs)["name"] == "maml_omniglot_5w5s_mb32"
+    assert compare.reference_figure(compare.Row("maml", "omniglot_5w5s"), runs[:1])["mean"] == 99.16
+    assert compare.reference_figure(compare.Row("fomaml", "omniglot_5w5s"), runs) is None
+    sinusoid = [{**run("a", 0.5, metric="mse"), "settings": {"method": "maml", "benchmark": "sinusoid", "shots": 5}},
+                {**run("b", 0.3, metric="mse"), "settings": {"method": "maml", "benchmark": "sinusoid", "shots": 5}}]
+    assert compare.reference_figure(compare.Row("maml", "sinusoid_5s"), sinusoid)["name"] == "b"  # lower MSE
