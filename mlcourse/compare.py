@@ -527,7 +527,7 @@ def figure(mean, ci95, metric) -> str:
 def _cells(row: dict) -> list[str]:
     ref = row["reference"]
     reference = "—" if not ref else (figure(ref["mean"], ref["ci95"], row["metric"])
-                                     + (f" ({ref['iterations']:,} it.)" if ref.get("iterations") else ""))
+                                     + (f" ({ref['iterations']:,} it. of B = {ref['meta_batch']})" if ref.get("iterations") else ""))
     published = row["published"] or {}
     return [row["label"], row["method"], figure(row["mean"], row["ci95"], row["metric"]),
             figure(published.get("mean"), published.get("ci95"), row["metric"]), reference,
