@@ -13,3 +13,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 _shared = Path(__file__).resolve().parent.parent / "shared" / "data"
 if "MLCOURSE_DATA" not in os.environ and (_shared / "omniglot").is_dir():
     os.environ["MLCOURSE_DATA"] = str(_shared)
+
+
+def pytest_collection_modifyitems(items):
+    """nbval waits a fixed 5 s for each output message of a cell that has already finished; on a
+    machine shared with other jobs a message can take longer, and the cell then fails with
+    "Timeout of 5 seconds exceeded waiting for output" although it ran. Wait up to a minute."""
+    for item in items:
+        if hasattr(item, "output_timeout"):
+            item.output_timeout = 60
