@@ -525,9 +525,12 @@ def figure(mean, ci95, metric) -> str:
 
 
 def _cells(row: dict) -> list[str]:
+    from .reference import tested_at
+
     ref = row["reference"]
-    reference = "—" if not ref else (figure(ref["mean"], ref["ci95"], row["metric"])
-                                     + (f" ({ref['iterations']:,} it. of B = {ref['meta_batch']})" if ref.get("iterations") else ""))
+    reference = "—" if not ref else figure(ref["mean"], ref["ci95"], row["metric"])
+    if ref and ref.get("iterations"):
+        reference += " " + tested_at(ref["iterations"], ref["meta_batch"])
     published = row["published"] or {}
     return [row["label"], row["method"], figure(row["mean"], row["ci95"], row["metric"]),
             figure(published.get("mean"), published.get("ci95"), row["metric"]), reference,

@@ -215,6 +215,21 @@ def _in_worker(target, args: tuple, what):
     return result
 
 
+def count_flops(spec: dict, device=None) -> int:
+    """Floating-point operations of one meta-gradient for ``spec`` (as in :func:`measure`), counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and convolutions, forward and
+    backward): unlike a time, the same on every machine and under any load."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .utils import default_device
+
+    device = torch.device(device) if device is not None else default_device()
+    algorithm, batch = build(dict(spec), device)
+    with FlopCounterMode(display=False) as counter:
+        algorithm.meta_gradient(batch)
+    return counter.get_total_flops()
+
+
 def measure_interleaved(specs: list, device=None, repeats: int = 5, builder=build) -> list:
     """Median and minimum seconds of one meta-iteration for each of ``specs``, timed in turns in one fresh
     process (spec 1, spec 2, ..., spec 1, ...) after a warm-up round: on a machine shared with other jobs,

@@ -141,6 +141,12 @@ def reevaluate(name: str, num_tasks: int | None = None, where: Path | None = Non
     return result
 
 
+def tested_at(iteration: int, meta_batch: int) -> str:
+    """How a table names a reference run's parameters: ``"(23,800 it. of B = 8)"``, the meta-iteration
+    tested (the best validation score, or the last) and the tasks per meta-iteration."""
+    return f"({iteration:,} it. of B = {meta_batch})"
+
+
 def column(name: str, num_tasks: int | None = None, device=None, **setting) -> tuple[str, float | None]:
     """A chapter's "reference run" cell: ``(text, accuracy in %, or MSE)`` for the run ``name``
     re-evaluated now on ``num_tasks`` test tasks (``setting``: ``shots``, ``transductive``, see
@@ -151,8 +157,7 @@ def column(name: str, num_tasks: int | None = None, device=None, **setting) -> t
     except FileNotFoundError:
         return "no reference run yet", None
     made = record(name)
-    iterations = made.get("selected_iteration") or made["iterations"]
-    of = f"({iterations:,} it. of B = {made['meta_batch']})"
+    of = tested_at(made.get("selected_iteration") or made["iterations"], made["meta_batch"])
     if result["metric"] == "mse":  # regression: the mean squared error itself
         return f"{result['mean']:.3f} ± {result['ci95']:.3f} {of}", result["mean"]
     return f"{100 * result['mean']:.2f} ± {100 * result['ci95']:.2f} {of}", 100 * result["mean"]

@@ -88,3 +88,11 @@ def test_overrides_reach_the_algorithm_and_the_checkpoint_settings():
     assert setup["algorithm"].inner_steps == 3 and setup["settings"]["hyperparameters"]["inner_steps"] == 3
     with pytest.raises(TypeError):
         recipes.build("maml", "sinusoid", None, 5, "smoke", no_such_setting=1)
+
+
+def test_flop_count_is_the_same_twice_and_second_order_counts_more():
+    spec = dict(model="mlp", meta_batch=4, shots=5, queries=5, inner_steps=2)
+    second = profiling.count_flops({**spec, "first_order": False}, device="cpu")
+    first = profiling.count_flops({**spec, "first_order": True}, device="cpu")
+    assert second == profiling.count_flops({**spec, "first_order": False}, device="cpu")
+    assert second > first > 0  # the Hessian-vector products of the inner steps
