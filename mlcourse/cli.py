@@ -3,6 +3,7 @@
     python -m mlcourse reproduce maml omniglot --ways 5 --shots 1 --budget paper --out result.json
     python -m mlcourse reproduce fomaml sinusoid --shots 10
     python -m mlcourse reproduce maml omniglot --iterations 5000 --checkpoint runs/maml.pt
+    python -m mlcourse reproduce maml omniglot --iterations 7000 --checkpoint runs/maml.pt --outer-lr-decay 5000:0.1
     python -m mlcourse compare --budget default --methods maml,protonet --benchmarks omniglot
     python -m mlcourse download omniglot --root ~/data
     python -m mlcourse grade notebooks/02_maml.ipynb
@@ -27,6 +28,7 @@ import torch
 from . import grading
 from .budget import BUDGETS, Budget, get_budget
 from .recipes import BENCHMARKS, METHODS, REGRESSION, run
+from .train import check_outer_lr_decay
 from .utils import default_device
 
 # test-time steps scored besides each row's own: the sinusoid after 1 and 10 steps (the MAML paper's
@@ -46,6 +48,22 @@ def _check_writable(out: str) -> Path:
     except OSError as err:
         raise ValueError(f"--out {out} cannot be written ({err.strerror}): choose another path") from None
     return path
+
+
+def _decay_step(text: str) -> tuple:
+    """``--outer-lr-decay`` entry ``ITERATION:FACTOR`` as ``(int, float)``, checked."""
+    at, sep, factor = text.partition(":")
+    try:
+        step = (int(at), float(factor))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ITERATION:FACTOR (e.g. 20000:0.1)") from None
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ITERATION:FACTOR (e.g. 20000:0.1)")
+    try:
+        check_outer_lr_decay([step])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return step
 
 
 def _hardware(device: torch.device) -> str:
@@ -70,7 +88,7 @@ def eval_steps(benchmark: str) -> tuple:
 def run_record(method: str, benchmark: str, ways: int | None, shots: int, budget, *, command: str, seed: int = 0,
                device=None, root=None, protocol: str = "maml", checkpoint=None, checkpoint_every: int = 100,
                restart: bool = False, iterations: int | None = None, meta_batch: int | None = None,
-               select: str = "last", progress: bool = True) -> tuple[dict, dict]:
+               select: str = "last", progress: bool = True, outer_lr_decay=()) -> tuple[dict, dict]:
     """Train and score one recipe row (:func:`mlcourse.recipes.run`); return the record that
     ``reproduce`` writes (``compare`` adds its columns to the same record) and ``run``'s result
     (the algorithm, its samplers, history). ``select`` is the command line's spelling ("last" or
@@ -84,7 +102,7 @@ def run_record(method: str, benchmark: str, ways: int | None, shots: int, budget
     result = run(method, benchmark, ways, shots, budget, seed=seed, device=device, root=root, protocol=protocol,
                  checkpoint=checkpoint, checkpoint_every=checkpoint_every, restart=restart,
                  eval_steps=eval_steps(benchmark), iterations=iterations, meta_batch=meta_batch,
-                 select=select.replace("-", "_"), progress=progress)
+                 select=select.replace("-", "_"), progress=progress, outer_lr_decay=outer_lr_decay)
     history = result["history"]
     record = {"algorithm": method, "benchmark": benchmark, "shots": shots,
               "budget": budget.as_dict(), "seed": seed, "device": str(device), "hardware": _hardware(device),
@@ -117,7 +135,8 @@ def _reproduce(args) -> dict:
                            command="python -m mlcourse " + shlex.join(args.argv), seed=args.seed, device=device,
                            root=args.data_root, protocol=args.protocol, checkpoint=args.checkpoint,
                            checkpoint_every=args.checkpoint_every, restart=args.force_restart,
-                           iterations=args.iterations, meta_batch=args.meta_batch, select=args.select)
+                           iterations=args.iterations, meta_batch=args.meta_batch, select=args.select,
+                           outer_lr_decay=args.outer_lr_decay)
     if out is not None:
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {out}", file=sys.stderr)
@@ -152,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--select", default="last", choices=("last", "best-val"),
                      help="test the last iterate, or the parameters at the best validation score "
                           "(validation-based checkpoint selection; kept in the checkpoint)")
+    rep.add_argument("--outer-lr-decay", nargs="+", type=_decay_step, default=(), metavar="ITERATION:FACTOR",
+                     help="multiply the outer step size by FACTOR (0 < FACTOR <= 1) from ITERATION on, e.g. "
+                          "20000:0.1; a checkpoint made before ITERATION resumes under it")
     rep.add_argument("--out", default=None, help="write the result as JSON here (its folder is created)")
 
     cmp = sub.add_parser("compare", help="every method of the recipe table on chapter 11's benchmarks; one JSON "

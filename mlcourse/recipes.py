@@ -24,7 +24,7 @@ from .budget import Budget, get_budget
 from .nn import MLP, ConvNet
 from .published import published
 from .tasks import Multimodal, Sinusoid
-from .train import evaluate, meta_train
+from .train import check_outer_lr_decay, evaluate, meta_train
 
 EVAL_QUERIES = 15  # query drawings per class at evaluation (tighter intervals than the few of training)
 SINUSOID_TEST_QUERIES = 100  # query points per sinusoid test task
@@ -391,10 +391,12 @@ def test_sampler(benchmark: str, ways: int | None, shots: int, root=None, protoc
 
 def build(method: str, benchmark: str, ways: int | None = 5, shots: int = 1, budget: Budget | str | None = None,
           seed: int = 0, root=None, protocol: str = "maml", iterations: int | None = None,
-          meta_batch: int | None = None, **overrides) -> dict:
+          meta_batch: int | None = None, outer_lr_decay=(), **overrides) -> dict:
     """Everything a run needs, checked before any training: ``{"recipe", "algorithm", "train", "val",
-    "test", "iterations", "meta_batch", "budget", "settings"}`` (settings: what a checkpoint records)."""
+    "test", "iterations", "meta_batch", "budget", "settings"}`` (settings: what a checkpoint records).
+    ``outer_lr_decay``: step decays of the outer step size, see :func:`mlcourse.train.check_outer_lr_decay`."""
     row = recipe(method, benchmark, ways)
+    outer_lr_decay = check_outer_lr_decay(outer_lr_decay)
     budget = budget if isinstance(budget, Budget) else get_budget(budget)
     iterations = getattr(budget, row.iterations) if iterations is None else iterations
     if meta_batch is None:
@@ -424,6 +426,8 @@ def build(method: str, benchmark: str, ways: int | None = 5, shots: int = 1, bud
                 "hyperparameters": {**row.hyperparameters, **overrides}}
     if row.train_ways is not None:  # only where set, so that existing checkpoints' settings still match
         settings["train_ways"] = row.train_ways
+    if outer_lr_decay:  # likewise
+        settings["outer_lr_decay"] = [list(step) for step in outer_lr_decay]
     return {"recipe": row, "algorithm": algorithm, "train": train, "val": val, "test": test,
             "iterations": iterations, "meta_batch": meta_batch, "budget": budget, "settings": settings}
 
@@ -432,7 +436,7 @@ def run(method: str, benchmark: str, ways: int | None = 5, shots: int = 1, budge
         seed: int = 0, device=None, root=None, protocol: str = "maml", checkpoint=None, checkpoint_every: int = 100,
         restart: bool = False, progress: bool = True, eval_steps=(), eval_tasks: int | None = None,
         iterations: int | None = None, meta_batch: int | None = None, select: str = "last",
-        **overrides) -> dict:
+        outer_lr_decay=(), **overrides) -> dict:
     """Meta-train the row's algorithm and score it on the test tasks.
 
     ``select="best_val"`` tests the parameters at the best validation score rather than the
@@ -442,14 +446,15 @@ def run(method: str, benchmark: str, ways: int | None = 5, shots: int = 1, budge
     ``result`` after the algorithm's own number of test-time steps, ``results`` keyed by the
     number of steps: each entry of ``eval_steps`` (adaptation curves), and that default.
     """
-    setup = build(method, benchmark, ways, shots, budget, seed, root, protocol, iterations, meta_batch, **overrides)
+    setup = build(method, benchmark, ways, shots, budget, seed, root, protocol, iterations, meta_batch,
+                  outer_lr_decay, **overrides)
     row, algorithm, budget = setup["recipe"], setup["algorithm"], setup["budget"]
     label = f"{method} {benchmark}" + (f" {row.ways}-way" if row.ways else "") + f" K={shots}"
     history = meta_train(algorithm, setup["train"], setup["iterations"], setup["meta_batch"], outer_lr=row.outer_lr,
                          val_sampler=setup["val"], val_every=budget.val_every, val_tasks=budget.val_tasks,
                          seed=seed, device=device, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                          progress=progress, desc=label, settings=setup["settings"], restart=restart,
-                         select=select)
+                         select=select, outer_lr_decay=outer_lr_decay)
     tasks = eval_tasks or budget.eval_tasks
     default = algorithm.test_steps()
     results = {k: evaluate(algorithm, setup["test"], tasks, inner_steps=k, progress=progress)

@@ -123,6 +123,40 @@ def _read_checkpoint(path: Path, device) -> dict:
                           "(or pass --force-restart on the command line).")
 
 
+def check_outer_lr_decay(decay) -> tuple:
+    """``decay`` as a sorted tuple of ``(iteration, factor)``: from meta-iteration ``iteration`` on
+    (counted from 0, so ``iteration`` updates come before it) the outer step size is multiplied by
+    ``factor``, cumulatively. Raises a ValueError naming a bad entry and the allowed range."""
+    out = []
+    for entry in decay or ():
+        try:
+            at, factor = entry
+        except (TypeError, ValueError):
+            raise ValueError(f"outer_lr_decay entry {entry!r} is not a pair: allowed (iteration, factor)") from None
+        if isinstance(at, bool) or not isinstance(at, int) or at < 0:
+            raise ValueError(f"outer_lr_decay iteration {at!r} is out of range: allowed an integer >= 0")
+        if not (isinstance(factor, (int, float)) and 0 < factor <= 1):
+            raise ValueError(f"outer_lr_decay factor {factor!r} is out of range: allowed 0 < factor <= 1")
+        out.append((at, float(factor)))
+    if len({at for at, _ in out}) != len(out):
+        raise ValueError(f"outer_lr_decay {list(decay)!r} names an iteration twice: allowed one factor per iteration")
+    return tuple(sorted(out))
+
+
+def decay_factor(decay, iteration: int) -> float:
+    """The product of the factors of ``decay`` (see :func:`check_outer_lr_decay`) in force at ``iteration``."""
+    factor = 1.0
+    for at, f in decay or ():
+        if iteration >= at:
+            factor *= f
+    return factor
+
+
+def _decay_before(settings: dict | None, iteration: int) -> list:
+    """The decay steps of ``settings`` that had taken effect before ``iteration`` updates were done."""
+    return [list(step) for step in (settings or {}).get("outer_lr_decay") or () if step[0] < iteration]
+
+
 def _check_settings(path: Path, state: dict, settings: dict | None):
     if settings is None:
         return
@@ -131,6 +165,12 @@ def _check_settings(path: Path, state: dict, settings: dict | None):
         raise CheckpointError(f"checkpoint {path} records no settings (format {state.get('format', 1)}; "
                               f"this version writes {CHECKPOINT_FORMAT}), so it cannot be told apart from another "
                               "run's: delete it or pass --force-restart to start over")
+    # A step-size decay that starts at or after the checkpoint's iteration has not yet acted: the run so
+    # far is exactly what the new settings would have made, so it may continue under them.
+    done = state.get("iteration", 0)
+    if _decay_before(saved, done) == _decay_before(settings, done):
+        saved = {k: v for k, v in saved.items() if k != "outer_lr_decay"}
+        settings = {k: v for k, v in settings.items() if k != "outer_lr_decay"}
     diff = _differences(saved, settings)
     if diff:
         raise CheckpointError(f"checkpoint {path} was made with other settings: {'; '.join(diff)}. Resume with "
@@ -159,13 +199,15 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
                val_sampler=None, val_every: int = 0, val_tasks: int = 100, val_inner_steps: int | None = None,
                checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100, seed: int = 0,
                device=None, progress: bool = True, desc: str = "meta-train", settings: dict | None = None,
-               restart: bool = False, select: str = "last") -> dict:
+               restart: bool = False, select: str = "last", outer_lr_decay=()) -> dict:
     """Outer loop: ``iterations`` meta-updates of theta, each on ``meta_batch`` fresh tasks.
 
     Each step asks the algorithm for ``meta_gradient(batch)`` and applies it with the
     algorithm's ``outer_optimizer(params, outer_lr)`` (MAML: Adam with step size beta =
     ``outer_lr``; Reptile: SGD) unless an ``optimizer`` is given, its step size scaled by
-    ``outer_lr_factor(iteration, iterations)`` (see :class:`mlcourse.algorithms.MetaLearner`).
+    ``outer_lr_factor(iteration, iterations)`` (see :class:`mlcourse.algorithms.MetaLearner`)
+    and by the step decays of ``outer_lr_decay``, pairs ``(iteration, factor)`` (see
+    :func:`check_outer_lr_decay`; e.g. ``[(20000, 0.1)]``: a tenth of the step from iteration 20,000).
 
     Every ``val_every`` iterations it evaluates on ``val_tasks`` tasks of ``val_sampler``.
     With ``checkpoint`` it saves model, optimiser, sampler-generator state, history and
@@ -194,6 +236,7 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
     check_int("checkpoint_every", checkpoint_every, 1)
     if select not in SELECT:
         raise ValueError(f"select={select!r} is unknown: allowed {', '.join(map(repr, SELECT))}")
+    outer_lr_decay = check_outer_lr_decay(outer_lr_decay)
     if select == "best_val" and not (val_sampler is not None and val_every):
         raise ValueError("select='best_val' needs validation: pass val_sampler and val_every >= 1")
     from . import distributed
@@ -243,7 +286,8 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
         batch = sampler.sample(meta_batch, generator=generator).to(device)
         optimizer.zero_grad(set_to_none=True)
         for group in optimizer.param_groups:  # a function of the iteration alone, so a resumed run matches
-            group["lr"] = group["initial_lr"] * algorithm.outer_lr_factor(it, iterations)
+            group["lr"] = (group["initial_lr"] * algorithm.outer_lr_factor(it, iterations)
+                           * decay_factor(outer_lr_decay, it))
         if processes > 1:
             mine = distributed.share(batch, rank, processes)
             loss, grads = algorithm.meta_gradient(mine)

@@ -183,3 +183,51 @@ def test_evaluation_shows_progress(capsys):
     alg = MAML(MLP([1, 8, 1]), F.mse_loss, inner_lr=0.01)
     mlcourse.evaluate(alg, Sinusoid(5, 5), num_tasks=10, progress=True)
     assert "evaluate" in capsys.readouterr().err
+
+
+def test_a_step_decay_continues_a_checkpoint_made_before_it_exactly(tmp_path, capsys):
+    """A decay from iteration 3 has not acted in a 3-iteration checkpoint: resuming it under the decay
+    gives, number for number, the run made with the decay from the start; a decay that would have
+    acted before the checkpoint's iteration is refused with one line."""
+    straight, resumed = tmp_path / "straight.json", tmp_path / "resumed.json"
+    common = ["maml", "sinusoid", "--shots", "5", "--iterations", "6"]
+    assert reproduce(*common, "--outer-lr-decay", "3:0.1", "--out", str(straight)) == 0
+    ckpt = tmp_path / "run.pt"
+    assert reproduce("maml", "sinusoid", "--shots", "5", "--iterations", "3", "--checkpoint", str(ckpt)) == 0
+    assert reproduce(*common, "--outer-lr-decay", "3:0.1", "--checkpoint", str(ckpt), "--out", str(resumed)) == 0
+    a, b = json.loads(straight.read_text()), json.loads(resumed.read_text())
+    assert a["settings"]["outer_lr_decay"] == [[3, 0.1]] == b["settings"]["outer_lr_decay"]
+    assert a["mean"] == b["mean"] and a["final_meta_loss"] == b["final_meta_loss"]
+    undecayed = tmp_path / "undecayed.json"
+    assert reproduce(*common, "--out", str(undecayed)) == 0
+    assert json.loads(undecayed.read_text())["final_meta_loss"] != a["final_meta_loss"], "the decay did nothing"
+    # the 6-iteration checkpoint ran under the decay from 3: a decay from 2 would have changed it
+    capsys.readouterr()
+    assert reproduce(*common, "--iterations", "8", "--outer-lr-decay", "2:0.1", "--checkpoint", str(ckpt)) == 2
+    err = capsys.readouterr().err
+    assert "outer_lr_decay: checkpoint [[3, 0.1]], now [[2, 0.1]]" in err and err.count("\n") == 1, err
+
+
+def test_the_decay_sets_the_optimiser_step_size():
+    alg = MAML(MLP([1, 8, 1]), F.mse_loss, inner_lr=0.01)
+    optimizer = torch.optim.Adam(alg.parameters(), lr=1e-3)
+    mlcourse.meta_train(alg, Sinusoid(5, 5), 4, 2, optimizer=optimizer, progress=False, device="cpu",
+                        outer_lr_decay=[(1, 0.5), (3, 0.1)])
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * 0.1)
+
+
+@pytest.mark.parametrize("bad, message", [("100:1.5", "factor 1.5 is out of range: allowed 0 < factor <= 1"),
+                                          ("100:0", "factor 0.0 is out of range"),
+                                          ("-1:0.1", "iteration -1 is out of range: allowed an integer >= 0"),
+                                          ("100", "'100' is not ITERATION:FACTOR"),
+                                          ("x:0.1", "'x:0.1' is not ITERATION:FACTOR")])
+def test_a_bad_decay_is_refused_naming_the_value(bad, message, capsys):
+    with pytest.raises(SystemExit):
+        reproduce("maml", "sinusoid", "--iterations", "2", f"--outer-lr-decay={bad}")
+    assert message in capsys.readouterr().err
+
+
+def test_a_decay_naming_an_iteration_twice_is_refused():
+    with pytest.raises(ValueError, match="names an iteration twice"):
+        mlcourse.meta_train(MAML(MLP([1, 8, 1]), F.mse_loss, inner_lr=0.01), Sinusoid(5, 5), 2, 2,
+                            progress=False, device="cpu", outer_lr_decay=[(1, 0.5), (1, 0.1)])
