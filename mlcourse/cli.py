@@ -66,6 +66,17 @@ def _decay_step(text: str) -> tuple:
     return step
 
 
+def _minutes(text: str) -> float:
+    """``--time-limit`` in minutes, a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes (e.g. 50)") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: allowed a finite number of minutes >= 0")
+    return value
+
+
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -88,7 +99,8 @@ def eval_steps(benchmark: str) -> tuple:
 def run_record(method: str, benchmark: str, ways: int | None, shots: int, budget, *, command: str, seed: int = 0,
                device=None, root=None, protocol: str = "maml", checkpoint=None, checkpoint_every: int = 100,
                restart: bool = False, iterations: int | None = None, meta_batch: int | None = None,
-               select: str = "last", progress: bool = True, outer_lr_decay=()) -> tuple[dict, dict]:
+               select: str = "last", progress: bool = True, outer_lr_decay=(),
+               time_limit: float | None = None) -> tuple[dict, dict]:
     """Train and score one recipe row (:func:`mlcourse.recipes.run`); return the record that
     ``reproduce`` writes (``compare`` adds its columns to the same record) and ``run``'s result
     (the algorithm, its samplers, history). ``select`` is the command line's spelling ("last" or
@@ -102,7 +114,8 @@ def run_record(method: str, benchmark: str, ways: int | None, shots: int, budget
     result = run(method, benchmark, ways, shots, budget, seed=seed, device=device, root=root, protocol=protocol,
                  checkpoint=checkpoint, checkpoint_every=checkpoint_every, restart=restart,
                  eval_steps=eval_steps(benchmark), iterations=iterations, meta_batch=meta_batch,
-                 select=select.replace("-", "_"), progress=progress, outer_lr_decay=outer_lr_decay)
+                 select=select.replace("-", "_"), progress=progress, outer_lr_decay=outer_lr_decay,
+                 time_limit=time_limit)
     history = result["history"]
     record = {"algorithm": method, "benchmark": benchmark, "shots": shots,
               "budget": budget.as_dict(), "seed": seed, "device": str(device), "hardware": _hardware(device),
@@ -112,6 +125,8 @@ def run_record(method: str, benchmark: str, ways: int | None, shots: int, budget
               "checkpoint": None if checkpoint is None else str(checkpoint), "select": select,
               "selected_iteration": history.get("selected_iteration", len(history["loss"])),
               "selected_val": history.get("selected_val"), "processes": _processes()}
+    if history.get("stopped_at_time_limit"):  # only then, so that other records keep their fields
+        record["stopped_at_time_limit"] = history["stopped_at_time_limit"]
     r = result["result"]
     if benchmark == "omniglot":
         record.update(ways=ways, protocol=protocol, metric="accuracy_percent", mean=100 * r["mean"],
@@ -136,7 +151,13 @@ def _reproduce(args) -> dict:
                            root=args.data_root, protocol=args.protocol, checkpoint=args.checkpoint,
                            checkpoint_every=args.checkpoint_every, restart=args.force_restart,
                            iterations=args.iterations, meta_batch=args.meta_batch, select=args.select,
-                           outer_lr_decay=args.outer_lr_decay)
+                           outer_lr_decay=args.outer_lr_decay,
+                           time_limit=None if args.time_limit is None else 60 * args.time_limit)
+    if record.get("stopped_at_time_limit"):
+        total = f"{args.iterations:,}" if args.iterations else "the budget's"
+        print(f"stopped at the time limit after meta-iteration {record['stopped_at_time_limit']:,} of {total}; "
+              "the result is of that iteration"
+              + ("; run the same command again to continue" if args.checkpoint else ""), file=sys.stderr)
     if out is not None:
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {out}", file=sys.stderr)
@@ -174,6 +195,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--outer-lr-decay", nargs="+", type=_decay_step, default=(), metavar="ITERATION:FACTOR",
                      help="multiply the outer step size by FACTOR (0 < FACTOR <= 1) from ITERATION on, e.g. "
                           "20000:0.1; a checkpoint made before ITERATION resumes under it")
+    rep.add_argument("--time-limit", type=_minutes, default=None, metavar="MINUTES",
+                     help="stop training at the first checkpoint after MINUTES of it, then test and write --out "
+                          "as usual; the same command again resumes (for sessions of fixed length)")
     rep.add_argument("--out", default=None, help="write the result as JSON here (its folder is created)")
 
     cmp = sub.add_parser("compare", help="every method of the recipe table on chapter 11's benchmarks; one JSON "

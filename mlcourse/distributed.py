@@ -62,3 +62,10 @@ def average(loss: torch.Tensor, grads: dict, local_tasks: int, total_tasks: int)
         out[k] = flat[offset:offset + n].view_as(grads[k])
         offset += n
     return flat[0], out
+
+
+def any_rank(flag: bool, device) -> bool:
+    """True on every rank if ``flag`` is true on any (so that all ranks stop at the same iteration)."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -436,7 +436,7 @@ def run(method: str, benchmark: str, ways: int | None = 5, shots: int = 1, budge
         seed: int = 0, device=None, root=None, protocol: str = "maml", checkpoint=None, checkpoint_every: int = 100,
         restart: bool = False, progress: bool = True, eval_steps=(), eval_tasks: int | None = None,
         iterations: int | None = None, meta_batch: int | None = None, select: str = "last",
-        outer_lr_decay=(), **overrides) -> dict:
+        outer_lr_decay=(), time_limit: float | None = None, **overrides) -> dict:
     """Meta-train the row's algorithm and score it on the test tasks.
 
     ``select="best_val"`` tests the parameters at the best validation score rather than the
@@ -454,7 +454,7 @@ def run(method: str, benchmark: str, ways: int | None = 5, shots: int = 1, budge
                          val_sampler=setup["val"], val_every=budget.val_every, val_tasks=budget.val_tasks,
                          seed=seed, device=device, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                          progress=progress, desc=label, settings=setup["settings"], restart=restart,
-                         select=select, outer_lr_decay=outer_lr_decay)
+                         select=select, outer_lr_decay=outer_lr_decay, time_limit=time_limit)
     tasks = eval_tasks or budget.eval_tasks
     default = algorithm.test_steps()
     results = {k: evaluate(algorithm, setup["test"], tasks, inner_steps=k, progress=progress)

@@ -199,7 +199,7 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
                val_sampler=None, val_every: int = 0, val_tasks: int = 100, val_inner_steps: int | None = None,
                checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100, seed: int = 0,
                device=None, progress: bool = True, desc: str = "meta-train", settings: dict | None = None,
-               restart: bool = False, select: str = "last", outer_lr_decay=()) -> dict:
+               restart: bool = False, select: str = "last", outer_lr_decay=(), time_limit: float | None = None) -> dict:
     """Outer loop: ``iterations`` meta-updates of theta, each on ``meta_batch`` fresh tasks.
 
     Each step asks the algorithm for ``meta_gradient(batch)`` and applies it with the
@@ -221,6 +221,12 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
     each process computes the meta-gradient of its share of every meta-batch and the shares are
     averaged (:mod:`mlcourse.distributed`); only rank 0 saves checkpoints and shows progress.
 
+    ``time_limit`` (seconds of this call's training): at the first checkpoint interval (every
+    ``checkpoint_every`` iterations) reached after it, training stops there, saves the checkpoint and
+    returns as if ``iterations`` had been that number; the history then records
+    ``stopped_at_time_limit``. The same call again resumes from the checkpoint for another
+    ``time_limit`` (a session with a fixed length, e.g. on Colab, ends with a whole result).
+
     ``select="best_val"`` keeps a copy of the parameters at the best validation score so far
     (highest accuracy, lowest MSE; saved in the checkpoint too) and leaves the algorithm at
     them when training ends: validation-based checkpoint selection, so an over-trained or noisy
@@ -237,6 +243,8 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
     if select not in SELECT:
         raise ValueError(f"select={select!r} is unknown: allowed {', '.join(map(repr, SELECT))}")
     outer_lr_decay = check_outer_lr_decay(outer_lr_decay)
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and 0 <= time_limit < float("inf")):
+        raise ValueError(f"time_limit={time_limit!r} is out of range: allowed a number of seconds >= 0, or None")
     if select == "best_val" and not (val_sampler is not None and val_every):
         raise ValueError("select='best_val' needs validation: pass val_sampler and val_every >= 1")
     from . import distributed
@@ -278,7 +286,9 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
                                     "iteration": iteration, "best": best})
 
     named = dict(algorithm.named_parameters())
-    tic = time.perf_counter()
+    tic = started = time.perf_counter()
+    done = max(iterations, start)  # where training ends, unless the time limit stops it earlier
+    history.pop("stopped_at_time_limit", None)
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=desc, disable=not progress or rank != 0)
     for it in bar:
         algorithm.model.train()
@@ -317,12 +327,20 @@ def meta_train(algorithm, sampler, iterations: int, meta_batch: int, outer_lr: f
             history["seconds"] += time.perf_counter() - tic
             tic = time.perf_counter()
             save(it + 1)
+            if time_limit is not None and it + 1 < iterations:
+                out_of_time = time.perf_counter() - started >= time_limit
+                if processes > 1:  # every rank stops at the same iteration
+                    out_of_time = distributed.any_rank(out_of_time, device)
+                if out_of_time:
+                    done = it + 1
+                    history["stopped_at_time_limit"] = done
+                    break
     bar.close()
     history["seconds"] += time.perf_counter() - tic
-    save(max(iterations, start))
+    save(done)
     if select == "best_val" and best is not None:
         algorithm.load_state_dict(best["model"])
         history["selected_iteration"], history["selected_val"] = best["iteration"], best["val_mean"]
     elif select == "best_val":  # no validation has run yet (e.g. fewer iterations than val_every)
-        history["selected_iteration"], history["selected_val"] = max(iterations, start), None
+        history["selected_iteration"], history["selected_val"] = done, None
     return history

@@ -93,3 +93,21 @@ def test_cli_nproc_2_reproduces_the_single_process_run(tmp_path):
     assert runs[2]["final_meta_loss"] == pytest.approx(runs[1]["final_meta_loss"], rel=1e-5)
     for k, v in runs[1]["results"].items():
         assert runs[2]["results"][k]["mean"] == pytest.approx(v["mean"], rel=1e-4)
+
+
+def _time_limit_worker(rank, size, init_file, out_file):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
+    try:  # rank 0 is out of time at once, rank 1 never: both must stop at the same checkpoint
+        history = meta_train(build(), Sinusoid(5, 5), 6, META_BATCH, outer_lr=0.01, progress=False,
+                             checkpoint_every=2, time_limit=0 if rank == 0 else 1e9)
+        torch.save({"iterations": len(history["loss"]), "stopped": history.get("stopped_at_time_limit")},
+                   f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_time_limit_stops_every_process_at_the_same_iteration(tmp_path):
+    mp.spawn(_time_limit_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert torch.load(f"{tmp_path / 'out'}.{rank}") == {"iterations": 2, "stopped": 2}

@@ -231,3 +231,40 @@ def test_a_decay_naming_an_iteration_twice_is_refused():
     with pytest.raises(ValueError, match="names an iteration twice"):
         mlcourse.meta_train(MAML(MLP([1, 8, 1]), F.mse_loss, inner_lr=0.01), Sinusoid(5, 5), 2, 2,
                             progress=False, device="cpu", outer_lr_decay=[(1, 0.5), (1, 0.1)])
+
+
+def test_a_time_limit_stops_at_a_checkpoint_and_the_same_command_continues(tmp_path, capsys):
+    """--time-limit 0 stops at the first checkpoint interval with a whole result; repeating the
+    command trains the next interval; without it the run finishes exactly as a straight run."""
+    ckpt, out = tmp_path / "run.pt", tmp_path / "run.json"
+    args = ["maml", "sinusoid", "--shots", "5", "--iterations", "6", "--checkpoint", str(ckpt),
+            "--checkpoint-every", "2", "--out", str(out)]
+    for expected in (2, 4):
+        capsys.readouterr()
+        assert reproduce(*args, "--time-limit", "0") == 0
+        record = json.loads(out.read_text())
+        assert record["iterations"] == expected and record["stopped_at_time_limit"] == expected
+        assert torch.load(ckpt, weights_only=True)["iteration"] == expected
+        assert f"after meta-iteration {expected} of 6" in capsys.readouterr().err
+    assert reproduce(*args) == 0
+    finished = json.loads(out.read_text())
+    assert finished["iterations"] == 6 and "stopped_at_time_limit" not in finished
+    straight = tmp_path / "straight.json"
+    assert reproduce("maml", "sinusoid", "--shots", "5", "--iterations", "6", "--out", str(straight)) == 0
+    assert json.loads(straight.read_text())["final_meta_loss"] == finished["final_meta_loss"]
+    assert json.loads(straight.read_text())["mean"] == finished["mean"]
+
+
+@pytest.mark.parametrize("bad, message", [("-1", "'-1' is out of range: allowed a finite number of minutes >= 0"),
+                                          ("inf", "'inf' is out of range"),
+                                          ("soon", "'soon' is not a number of minutes")])
+def test_a_bad_time_limit_is_refused_naming_the_value(bad, message, capsys):
+    with pytest.raises(SystemExit):
+        reproduce("maml", "sinusoid", "--iterations", "2", f"--time-limit={bad}")
+    assert message in capsys.readouterr().err
+
+
+def test_meta_train_refuses_a_negative_time_limit():
+    with pytest.raises(ValueError, match="time_limit=-5 is out of range"):
+        mlcourse.meta_train(MAML(MLP([1, 8, 1]), F.mse_loss, inner_lr=0.01), Sinusoid(5, 5), 2, 2,
+                            progress=False, device="cpu", time_limit=-5)
