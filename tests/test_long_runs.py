@@ -216,17 +216,6 @@ def test_the_decay_sets_the_optimiser_step_size():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * 0.1)
 
 
-@pytest.mark.parametrize("bad, message", [("100:1.5", "factor 1.5 is out of range: allowed 0 < factor <= 1"),
-                                          ("100:0", "factor 0.0 is out of range"),
-                                          ("-1:0.1", "iteration -1 is out of range: allowed an integer >= 0"),
-                                          ("100", "'100' is not ITERATION:FACTOR"),
-                                          ("x:0.1", "'x:0.1' is not ITERATION:FACTOR")])
-def test_a_bad_decay_is_refused_naming_the_value(bad, message, capsys):
-    with pytest.raises(SystemExit):
-        reproduce("maml", "sinusoid", "--iterations", "2", f"--outer-lr-decay={bad}")
-    assert message in capsys.readouterr().err
-
-
 def test_a_decay_naming_an_iteration_twice_is_refused():
     with pytest.raises(ValueError, match="names an iteration twice"):
         mlcourse.meta_train(MAML(MLP([1, 8, 1]), F.mse_loss, inner_lr=0.01), Sinusoid(5, 5), 2, 2,
@@ -255,12 +244,18 @@ def test_a_time_limit_stops_at_a_checkpoint_and_the_same_command_continues(tmp_p
     assert json.loads(straight.read_text())["mean"] == finished["mean"]
 
 
-@pytest.mark.parametrize("bad, message", [("-1", "'-1' is out of range: allowed a finite number of minutes >= 0"),
-                                          ("inf", "'inf' is out of range"),
-                                          ("soon", "'soon' is not a number of minutes")])
-def test_a_bad_time_limit_is_refused_naming_the_value(bad, message, capsys):
+@pytest.mark.parametrize("option, bad, message", [
+    ("--outer-lr-decay", "100:1.5", "factor 1.5 is out of range: allowed 0 < factor <= 1"),
+    ("--outer-lr-decay", "100:0", "factor 0.0 is out of range"),
+    ("--outer-lr-decay", "-1:0.1", "iteration -1 is out of range: allowed an integer >= 0"),
+    ("--outer-lr-decay", "100", "'100' is not ITERATION:FACTOR"),
+    ("--outer-lr-decay", "x:0.1", "'x:0.1' is not ITERATION:FACTOR"),
+    ("--time-limit", "-1", "'-1' is out of range: allowed a finite number of minutes >= 0"),
+    ("--time-limit", "inf", "'inf' is out of range"),
+    ("--time-limit", "soon", "'soon' is not a number of minutes")])
+def test_a_bad_decay_or_time_limit_is_refused_naming_the_value(option, bad, message, capsys):
     with pytest.raises(SystemExit):
-        reproduce("maml", "sinusoid", "--iterations", "2", f"--time-limit={bad}")
+        reproduce("maml", "sinusoid", "--iterations", "2", f"{option}={bad}")
     assert message in capsys.readouterr().err
 
 
