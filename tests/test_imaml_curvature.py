@@ -232,3 +232,14 @@ def test_newton_line_search_expands_only_while_the_loss_keeps_falling():
     assert newton_cg_step(softplus, start, cg_steps=1, max_expansions=3)["x"].item() == pytest.approx(16.0)
     quadratic = lambda p: ((p["x"] - 3.0) ** 2).sum()  # noqa: E731
     assert newton_cg_step(quadratic, start, cg_steps=1, max_expansions=3)["x"].item() == pytest.approx(3.0)
+
+
+def test_the_papers_imaml_settings_do_not_inherit_the_recipe_rows_solver():
+    """Chapter 5 trains 'the paper's' iMAML by overriding the recipe row with IMAML_PAPER; every
+    solver setting in which the row departs from the paper must be overridden, not inherited."""
+    from mlcourse import recipes
+
+    hf = recipes.build_algorithm("imaml-hf", "omniglot", 5, **recipes.IMAML_PAPER["imaml-hf"])
+    assert (hf.lam, hf.inner_steps, hf.cg_steps, hf.newton_damping, hf.newton_expansions) == (2.0, 3, 5, 0.0, 0)
+    gd = recipes.build_algorithm("imaml-gd", "omniglot", 5, **recipes.IMAML_PAPER["imaml-gd"])
+    assert (gd.lam, gd.inner_steps, gd.inner_lr, gd.cg_steps) == (2.0, 16, 0.1, 5)
